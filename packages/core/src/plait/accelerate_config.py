@@ -1,0 +1,117 @@
+"""Mapping HF Accelerate's ``default_config.yaml`` onto plait's keys and backend sections."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from plait.errors import ConfigError
+
+_DISTRIBUTED_TYPES = {
+    "NO": "single",
+    "MULTI_CPU": "ddp",
+    "MULTI_GPU": "ddp",
+    "FSDP": "fsdp",
+    "DEEPSPEED": "zero",
+    "XLA": "xla",
+    "TPU": "xla",
+}
+_TOP_LEVEL = {
+    "mixed_precision": "mixed_precision",
+    "num_processes": "num_processes",
+    "num_machines": "num_machines",
+    "machine_rank": "machine_rank",
+    "main_process_ip": "main_process_ip",
+    "main_process_port": "main_process_port",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "use_cpu": "cpu",
+    "debug": "debug",
+}
+# Keys of Accelerate's file that say nothing plait needs (launcher or hardware details it infers itself).
+_IGNORED = {
+    "compute_environment",
+    "downcast_bf16",
+    "enable_cpu_affinity",
+    "gpu_ids",
+    "main_training_function",
+    "rdzv_backend",
+    "same_network",
+    "tpu_env",
+    "tpu_use_cluster",
+    "tpu_use_sudo",
+    "dynamo_config",
+    "megatron_lm_config",
+    "ipex_config",
+    "mpirun_config",
+    "parallelism_config",
+    "fp8_config",
+    "tpu_name",
+    "tpu_zone",
+    "commands",
+    "command_file",
+    "use_mps_device",
+}
+_DEEPSPEED_KEYS = {
+    "zero_stage": "stage",
+    "offload_optimizer_device": "offload_optimizer_device",
+    "offload_param_device": "offload_param_device",
+    "offload_optimizer_nvme_path": "offload_optimizer_nvme_path",
+    "offload_param_nvme_path": "offload_param_nvme_path",
+    "gradient_clipping": "gradient_clipping",
+    "zero3_init_flag": "zero3_init",
+    "zero3_save_16bit_model": "save_16bit_model",
+    "deepspeed_config_file": "config_file",
+}
+
+
+def is_accelerate_config(data: dict[str, Any]) -> bool:
+    """Whether a parsed YAML mapping is in HF Accelerate's format."""
+    return "distributed_type" in data or "compute_environment" in data
+
+
+def from_accelerate(data: dict[str, Any], path: Path | str) -> dict[str, Any]:
+    """Translate an Accelerate config mapping into plait's keys and sections."""
+    out: dict[str, Any] = {}
+    dtype = str(data.get("distributed_type", "NO"))
+    if dtype not in _DISTRIBUTED_TYPES:
+        raise ConfigError(
+            f"config file {path}: distributed_type {dtype!r} has no plait backend; "
+            f"supported: {', '.join(_DISTRIBUTED_TYPES)}"
+        )
+    out["backend"] = _DISTRIBUTED_TYPES[dtype]
+    skipped = []
+    for key, value in data.items():
+        if key == "distributed_type" or key in _IGNORED:
+            continue
+        if key in _TOP_LEVEL:
+            if value is not None:
+                out[_TOP_LEVEL[key]] = value
+        elif key == "fsdp_config":
+            out["fsdp"] = _fsdp_section(value or {})
+        elif key == "deepspeed_config":
+            section = dict(value or {})
+            if "gradient_accumulation_steps" in section:
+                out["gradient_accumulation_steps"] = section.pop("gradient_accumulation_steps")
+            out["zero"] = {_DEEPSPEED_KEYS.get(k, k): v for k, v in section.items()}
+        else:
+            skipped.append(key)
+    if skipped:
+        warnings.warn(f"config file {path}: ignoring HF Accelerate keys plait does not use: {', '.join(skipped)}", stacklevel=3)
+    if out.get("backend") != "fsdp":
+        out.pop("fsdp", None)
+    if out.get("backend") != "zero":
+        out.pop("zero", None)
+    return out
+
+
+def _fsdp_section(section: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in section.items():
+        name = key[len("fsdp_") :] if key.startswith("fsdp_") else key
+        if name == "sharding_strategy":
+            # FULL_SHARD reshards parameters after forward; SHARD_GRAD_OP keeps them gathered.
+            out["reshard_after_forward"] = str(value).upper() not in ("SHARD_GRAD_OP", "2")
+            continue
+        out[name] = value
+    return out

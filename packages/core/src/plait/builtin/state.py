@@ -1,0 +1,73 @@
+"""State-saving defaults: safetensors model weights and ``torch.save`` optimizer state, from the main process."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from plait._markers import hookimpl
+
+if TYPE_CHECKING:
+    import torch
+
+    from plait.accelerator import Accelerator
+    from plait.checkpoint import CheckpointWriter
+
+
+def model_file(index: int) -> str:
+    return "model.safetensors" if index == 0 else f"model_{index}.safetensors"
+
+
+def optimizer_file(index: int) -> str:
+    return "optimizer.pt" if index == 0 else f"optimizer_{index}.pt"
+
+
+@hookimpl(trylast=True)
+def plait_get_state_dict(accelerator: Accelerator, model: torch.nn.Module, unwrap: bool) -> dict[str, Any]:
+    if unwrap:
+        model = accelerator.unwrap_model(model)
+    return model.state_dict()
+
+
+@hookimpl(trylast=True)
+def plait_save_model(accelerator: Accelerator, model: torch.nn.Module, writer: CheckpointWriter, index: int) -> bool:
+    from plait.serialization import state_dict_to_safetensors
+
+    state = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        tensors, metadata = state_dict_to_safetensors(state)
+        writer.save_safetensors(model_file(index), tensors, metadata)
+    return True
+
+
+@hookimpl(trylast=True)
+def plait_load_model(accelerator: Accelerator, model: torch.nn.Module, directory: str, index: int, strict: bool) -> bool:
+    from pathlib import Path
+
+    from plait.serialization import check_compatible, load_safetensors
+
+    path = Path(directory) / model_file(index)
+    state = load_safetensors(path)
+    target = accelerator.unwrap_model(model)
+    check_compatible(target, state, f"checkpoint file {path}", strict)
+    target.load_state_dict(state, strict=strict)
+    return True
+
+
+@hookimpl(trylast=True)
+def plait_save_optimizer(accelerator: Accelerator, optimizer: Any, writer: CheckpointWriter, index: int) -> bool:
+    state = optimizer.state_dict()
+    if accelerator.is_main_process:
+        writer.torch_save(optimizer_file(index), state)
+    return True
+
+
+@hookimpl(trylast=True)
+def plait_load_optimizer(accelerator: Accelerator, optimizer: Any, directory: str, index: int) -> bool:
+    from pathlib import Path
+
+    import torch
+
+    path = Path(directory) / optimizer_file(index)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state)
+    return True

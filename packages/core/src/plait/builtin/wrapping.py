@@ -1,0 +1,62 @@
+"""Wrapping defaults: mixed-precision forward, accumulation-aware optimizers, schedulers and dataloaders."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from plait._markers import hookimpl
+
+if TYPE_CHECKING:
+    import torch
+
+    from plait.accelerator import Accelerator
+
+
+@hookimpl(trylast=True)
+def plait_wrap_model(accelerator: Accelerator, model: torch.nn.Module, evaluation_mode: bool) -> torch.nn.Module:
+    from plait.wrapping import patch_forward
+
+    precision = accelerator.precision
+    if accelerator.mixed_precision != "no":
+        patch_forward(model, precision.wrap_forward)
+    return model
+
+
+@hookimpl(trylast=True)
+def plait_wrap_optimizer(accelerator: Accelerator, optimizer: torch.optim.Optimizer) -> Any:
+    from plait.optimizer import AcceleratedOptimizer
+
+    return AcceleratedOptimizer(optimizer, accelerator.gradient_state, accelerator.precision)
+
+
+@hookimpl(trylast=True)
+def plait_wrap_scheduler(accelerator: Accelerator, scheduler: Any) -> Any:
+    from plait.scheduler import AcceleratedScheduler
+
+    inner = getattr(scheduler, "optimizer", None)
+    optimizers = [opt for opt in accelerator._optimizers if opt is inner or getattr(opt, "optimizer", None) is inner]
+    return AcceleratedScheduler(
+        scheduler,
+        optimizers,
+        accelerator.gradient_state,
+        step_with_optimizer=accelerator.step_scheduler_with_optimizer,
+        split_batches=accelerator.split_batches,
+        num_processes=accelerator.num_processes,
+    )
+
+
+@hookimpl(trylast=True)
+def plait_wrap_dataloader(accelerator: Accelerator, dataloader: Any) -> Any:
+    from plait.data import DataLoaderShard
+
+    place = accelerator._pm.hook.plait_batch_placer(accelerator=accelerator, dataloader=dataloader)
+    return DataLoaderShard(dataloader, accelerator.gradient_state, place)
+
+
+@hookimpl(trylast=True)
+def plait_unwrap_model(accelerator: Accelerator, model: torch.nn.Module, keep_fp32_wrapper: bool) -> torch.nn.Module:
+    from plait.wrapping import unpatch_forward
+
+    if not keep_fp32_wrapper:
+        unpatch_forward(getattr(model, "_orig_mod", model))
+    return model

@@ -1,0 +1,217 @@
+"""The one resolved configuration, and the only module that reads ``PLAIT_*`` variables.
+
+Highest first: ``Accelerator(...)`` arguments, ``PLAIT_*`` environment variables,
+the YAML file (``PLAIT_CONFIG_FILE``, else :func:`default_config_path`), defaults.
+Top-level keys are the fields of :class:`Config`; a backend's options live in a
+section named after it (``fsdp:``), validated by that backend's plugin. HF
+Accelerate's ``default_config.yaml`` is recognised and mapped (see
+:mod:`plait.accelerate_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from plait.errors import ConfigError, closest
+
+MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
+#: Backend sections recognised even when their plugin is not installed.
+KNOWN_BACKENDS = ("single", "ddp", "fsdp", "zero", "xla")
+ENV_PREFIX = "PLAIT_"
+#: Variables that are not config keys but are read here.
+_SPECIAL_ENV = {"PLAIT_CONFIG_FILE", "PLAIT_DISABLE_PLUGINS", "PLAIT_AUTOLOAD_PLUGINS"}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of a run. Built by :func:`resolve_config`; checked once, when created."""
+
+    backend: str | None = None
+    mixed_precision: str = "no"
+    gradient_accumulation_steps: int = 1
+    cpu: bool = False
+    split_batches: bool = False
+    even_batches: bool = True
+    device_placement: bool = True
+    step_scheduler_with_optimizer: bool = True
+    log_with: tuple[str, ...] = ()
+    project_dir: str | None = None
+    num_processes: int = 1
+    num_machines: int = 1
+    machine_rank: int = 0
+    main_process_ip: str | None = None
+    main_process_port: int | None = None
+    debug: bool = False
+    #: Backend config sections, keyed by backend name (``{"fsdp": {...}}``).
+    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: Plugin names blocked before loading (``PLAIT_DISABLE_PLUGINS=a,b``).
+    disable_plugins: tuple[str, ...] = ()
+    #: Whether ``plait.plugins`` entry points are loaded (``PLAIT_AUTOLOAD_PLUGINS=0`` turns it off).
+    autoload_plugins: bool = True
+    #: The YAML file the values came from, if any.
+    config_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
+            raise ConfigError(
+                f"mixed_precision={self.mixed_precision!r} is not valid: expected one of "
+                f"{', '.join(repr(c) for c in MIXED_PRECISION_CHOICES)}"
+                f"{closest(str(self.mixed_precision), MIXED_PRECISION_CHOICES)}"
+            )
+        for name in ("gradient_accumulation_steps", "num_processes", "num_machines"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}={value!r} is not valid: expected a whole number of at least 1")
+        if isinstance(self.machine_rank, bool) or not isinstance(self.machine_rank, int):
+            raise ConfigError(f"machine_rank={self.machine_rank!r} is not valid: expected a whole number")
+        if not 0 <= self.machine_rank < self.num_machines:
+            raise ConfigError(
+                f"machine_rank={self.machine_rank} is not valid: expected 0..{self.num_machines - 1} "
+                f"for num_machines={self.num_machines}"
+            )
+
+    def section(self, name: str) -> Mapping[str, Any]:
+        """The config section of backend ``name`` (empty if absent)."""
+        return self.sections.get(name, {})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain YAML-ready data: top-level keys and backend sections."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name in ("sections", "config_file", "disable_plugins", "autoload_plugins"):
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        for name, section in self.sections.items():
+            out[name] = dict(section)
+        return out
+
+
+#: Top-level YAML keys: the user-facing fields of :class:`Config`.
+KEYS: tuple[str, ...] = tuple(
+    f.name
+    for f in dataclasses.fields(Config)
+    if f.name not in ("sections", "disable_plugins", "autoload_plugins", "config_file")
+)
+_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def default_config_path() -> Path:
+    """Where ``plait config`` writes and every run reads by default."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "plait" / "default_config.yaml"
+
+
+def section_names(extra_backends: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Names accepted as backend sections: the known backends plus installed ones."""
+    return tuple(dict.fromkeys(KNOWN_BACKENDS + extra_backends))
+
+
+def coerce(key: str, value: Any, origin: str) -> Any:
+    """Check ``value`` against the type of ``key``; strings (from the environment) are parsed."""
+    kind = _TYPES[key]
+    if value is None and "None" in kind:
+        return None
+    if kind.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{origin}: {key}={value!r} is not valid: expected true or false")
+    if kind.startswith("int"):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        raise ConfigError(f"{origin}: {key}={value!r} is not valid: expected a whole number")
+    if kind.startswith("tuple"):
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{origin}: {key}={value!r} is not valid: expected a list of names")
+    if not isinstance(value, str):
+        raise ConfigError(f"{origin}: {key}={value!r} is not valid: expected a string")
+    return value
+
+
+def read_environment(environ: Mapping[str, str], sections: tuple[str, ...]) -> dict[str, Any]:
+    """Config values from ``PLAIT_<KEY>`` variables; ``PLAIT_<SECTION>`` holds a JSON object."""
+    values: dict[str, Any] = {}
+    section_values: dict[str, dict[str, Any]] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in _SPECIAL_ENV:
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key in KEYS:
+            values[key] = coerce(key, raw, f"environment variable {name}")
+        elif key in sections:
+            try:
+                parsed = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(
+                    f"environment variable {name}={raw!r} is not valid JSON ({exc.msg}): "
+                    f"expected an object of {key} options, e.g. {name}='{{\"option\": 1}}'"
+                ) from None
+            if not isinstance(parsed, dict):
+                raise ConfigError(f"environment variable {name}={raw!r}: expected a JSON object of {key} options")
+            section_values[key] = parsed
+    if section_values:
+        values["sections"] = section_values
+    return values
+
+
+def resolve_config(
+    arguments: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    extra_backends: tuple[str, ...] = (),
+) -> Config:
+    """Resolve the configuration: ``arguments`` over ``PLAIT_*`` variables over the YAML file over defaults.
+
+    :param arguments: values given in code (only keys the caller set explicitly).
+    :param environ: the environment (``os.environ`` if ``None``).
+    :param extra_backends: names of installed backends, accepted as sections.
+    """
+    from plait.config_file import load_config_file  # yaml is imported only when a file is read
+
+    environ = os.environ if environ is None else environ
+    sections = section_names(extra_backends)
+    explicit_file = environ.get("PLAIT_CONFIG_FILE")
+    path = Path(explicit_file) if explicit_file else default_config_path()
+    if explicit_file and not path.is_file():
+        raise ConfigError(
+            f"PLAIT_CONFIG_FILE={explicit_file!r} does not exist: point it at a YAML file "
+            f"(`plait config` writes one) or unset it"
+        )
+    file_values = load_config_file(path, sections) if path.is_file() else {}
+    env_values = read_environment(environ, sections)
+
+    merged: dict[str, Any] = {}
+    merged_sections: dict[str, dict[str, Any]] = {}
+    for layer in (file_values, env_values, dict(arguments or {})):
+        for key, value in layer.items():
+            if key == "sections":
+                for name, section in value.items():
+                    merged_sections.setdefault(name, {}).update(section)
+            else:
+                merged[key] = value
+    unknown = [k for k in merged if k not in KEYS]
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]!r}{closest(unknown[0], KEYS)}")
+    disabled = tuple(p.strip() for p in environ.get("PLAIT_DISABLE_PLUGINS", "").split(",") if p.strip())
+    autoload = coerce("autoload_plugins", environ.get("PLAIT_AUTOLOAD_PLUGINS", "1"), "PLAIT_AUTOLOAD_PLUGINS")
+    return Config(
+        **merged,
+        sections=merged_sections,
+        disable_plugins=disabled,
+        autoload_plugins=autoload,
+        config_file=str(path) if file_values or explicit_file else None,
+    )

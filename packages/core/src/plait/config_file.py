@@ -1,0 +1,74 @@
+"""Reading config YAML files, ours or HF Accelerate's, with errors that name the file, line and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from plait.errors import ConfigError, closest
+
+
+def _key_lines(path: Path, text: str) -> dict[tuple[str, ...], int]:
+    """Map ``(key,)`` and ``(section, key)`` to their 1-based line numbers."""
+    import yaml
+
+    lines: dict[tuple[str, ...], int] = {}
+    node = yaml.compose(text)
+    if not isinstance(node, yaml.MappingNode):
+        return lines
+    for key_node, value_node in node.value:
+        lines[(key_node.value,)] = key_node.start_mark.line + 1
+        if isinstance(value_node, yaml.MappingNode):
+            for sub_key, _ in value_node.value:
+                lines[(key_node.value, sub_key.value)] = sub_key.start_mark.line + 1
+    return lines
+
+
+def parse_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    """Parse ``path`` into a mapping and its key line numbers; a syntax error names file and line."""
+    import yaml
+
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+        lines = _key_lines(path, text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"config file {where}: malformed YAML ({problem}); fix the file or run `plait config`") from None
+    if data is None:
+        return {}, lines
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of keys to values, found {type(data).__name__}")
+    return data, lines
+
+
+def load_config_file(path: Path, sections: tuple[str, ...]) -> dict[str, Any]:
+    """Read a config file (ours, or HF Accelerate's ``default_config.yaml``) into config values."""
+    from plait.accelerate_config import from_accelerate, is_accelerate_config
+    from plait.config import KEYS, coerce
+
+    data, lines = parse_yaml(path)
+    if is_accelerate_config(data):
+        data = from_accelerate(data, path)
+    values: dict[str, Any] = {}
+    found_sections: dict[str, dict[str, Any]] = {}
+    for key, value in data.items():
+        where = f"config file {path}, line {lines.get((key,), '?')}"
+        if key in KEYS:
+            values[key] = coerce(key, value, where)
+        elif key in sections:
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: section {key!r} must be a mapping of options, found {value!r}")
+            found_sections[key] = value
+        else:
+            raise ConfigError(
+                f"{where}: unknown key {key!r}{closest(str(key), KEYS + sections)}; "
+                f"valid keys are {', '.join(KEYS)} and the backend sections {', '.join(sections)}"
+            )
+    if found_sections:
+        values["sections"] = found_sections
+    return values

@@ -1,0 +1,300 @@
+"""Prepared dataloaders: seeded shuffling, a resumable position, end-of-epoch detection, placement.
+
+Exact resume rests on three facts: the shuffle order of epoch ``e`` is a pure
+function of ``(seed, e)``; starting an epoch never draws from the global torch
+RNG (so dropout continues identically after a resume); and the epoch counter is
+shared by the dataloader and every view ``skip_first_batches`` returns of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler, Sampler
+
+if TYPE_CHECKING:
+    from plait.state import GradientState
+
+# DataLoader arguments carried over to the prepared loader (the sampling ones are rebuilt).
+_LOADER_KWARGS = (
+    "num_workers",
+    "collate_fn",
+    "pin_memory",
+    "timeout",
+    "worker_init_fn",
+    "multiprocessing_context",
+    "prefetch_factor",
+    "persistent_workers",
+    "pin_memory_device",
+    "in_order",
+)
+
+
+def draw_seed(generator: torch.Generator | None = None) -> int:
+    """A 63-bit seed drawn from ``generator`` (the global torch RNG when ``None``)."""
+    return int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())
+
+
+class SeededRandomSampler(Sampler[int]):
+    """A :class:`~torch.utils.data.RandomSampler` whose order in epoch ``e`` depends only on ``seed + e``."""
+
+    def __init__(self, data_source: Any, seed: int, num_samples: int | None = None, replacement: bool = False) -> None:
+        self.data_source = data_source
+        self.seed = seed
+        self.replacement = replacement
+        self._num_samples = num_samples
+        self.epoch = 0
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.data_source) if self._num_samples is None else self._num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        n = len(self.data_source)
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        if self.replacement:
+            yield from torch.randint(high=n, size=(self.num_samples,), dtype=torch.int64, generator=generator).tolist()
+            return
+        for _ in range(self.num_samples // n):
+            yield from torch.randperm(n, generator=generator).tolist()
+        yield from torch.randperm(n, generator=generator).tolist()[: self.num_samples % n]
+
+
+class SkippableBatchSampler(Sampler[list[int]]):
+    """Wraps a batch sampler; the next iteration skips ``skip`` batches without loading their data."""
+
+    def __init__(self, batch_sampler: Any) -> None:
+        self.batch_sampler = batch_sampler
+        self.skip = 0
+
+    @property
+    def sampler(self) -> Any:
+        return getattr(self.batch_sampler, "sampler", None)
+
+    @property
+    def batch_size(self) -> int | None:
+        return getattr(self.batch_sampler, "batch_size", None)
+
+    @property
+    def drop_last(self) -> bool:
+        return bool(getattr(self.batch_sampler, "drop_last", False))
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[Any]:
+        skip, self.skip = self.skip, 0
+        for index, batch in enumerate(self.batch_sampler):
+            if index >= skip:
+                yield batch
+
+
+def _with_seeded_sampler(dataloader: DataLoader) -> tuple[Any, int | None]:
+    """The loader's batch sampler, with a standard RandomSampler replaced by a seeded one."""
+    batch_sampler = dataloader.batch_sampler
+    sampler = getattr(batch_sampler, "sampler", None)
+    if type(batch_sampler) is BatchSampler and type(sampler) is RandomSampler:
+        seed = draw_seed(sampler.generator)
+        seeded = SeededRandomSampler(sampler.data_source, seed, sampler._num_samples, sampler.replacement)
+        return BatchSampler(seeded, batch_sampler.batch_size, batch_sampler.drop_last), seed
+    return batch_sampler, None
+
+
+class DataLoaderShard(DataLoader):
+    """The dataloader ``prepare`` returns: this process's batches, on the device, with a resumable position.
+
+    ``len()`` is the number of batches per epoch for this process. ``epoch`` counts
+    completed passes (HF Accelerate's ``iteration``); ``position`` counts the
+    batches consumed in the current pass.
+    """
+
+    def __init__(
+        self,
+        dataloader: DataLoader,
+        gradient_state: GradientState,
+        place: Callable[[Any], Any] | None,
+    ) -> None:
+        kwargs = {k: getattr(dataloader, k) for k in _LOADER_KWARGS if hasattr(dataloader, k)}
+        if kwargs.get("num_workers", 0) == 0:
+            kwargs.pop("prefetch_factor", None)
+        # A private generator: starting an epoch must not draw from the global RNG (see module docstring).
+        self._loader_generator = torch.Generator()
+        self._iterable = isinstance(dataloader.dataset, IterableDataset)
+        self.seed: int | None = None
+        if self._iterable or dataloader.batch_sampler is None:
+            self._skippable: SkippableBatchSampler | None = None
+            super().__init__(
+                dataloader.dataset,
+                batch_size=dataloader.batch_size,
+                drop_last=dataloader.drop_last,
+                generator=self._loader_generator,
+                **kwargs,
+            )
+        else:
+            batch_sampler, self.seed = _with_seeded_sampler(dataloader)
+            self._skippable = SkippableBatchSampler(batch_sampler)
+            super().__init__(
+                dataloader.dataset, batch_sampler=self._skippable, generator=self._loader_generator, **kwargs
+            )
+        self.base_dataloader = dataloader
+        self.gradient_state = gradient_state
+        self.place = place
+        self.epoch = 0
+        self.position = 0
+        self._skip = 0
+        self.per_process_batch_size = dataloader.batch_size
+
+    # -- HF Accelerate's attribute names ------------------------------------------------------
+    @property
+    def iteration(self) -> int:
+        return self.epoch
+
+    @property
+    def total_batch_size(self) -> int | None:
+        return self.per_process_batch_size
+
+    @property
+    def total_dataset_length(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start counting epochs at ``epoch`` (propagated to the sampler and dataset each pass)."""
+        self.epoch = epoch
+
+    def _propagate_epoch(self) -> None:
+        self._loader_generator.manual_seed((self.seed or 0) + self.epoch)
+        targets = [self.dataset]
+        if self._skippable is not None:
+            targets += [self._skippable.batch_sampler, self._skippable.sampler]
+        for target in targets:
+            set_epoch = getattr(target, "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(self.epoch)
+
+    def skip_next(self, num_batches: int) -> None:
+        """Make the next pass start after ``num_batches`` batches (HF Accelerate's ``skip_first_batches``)."""
+        if num_batches < 0:
+            raise ValueError(f"num_batches={num_batches}: expected 0 or more batches to skip")
+        self._skip = num_batches
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        self._propagate_epoch()
+        skip, self._skip = self._skip, 0
+        state = self.gradient_state
+        place = self.place
+        state.begin(self)
+        try:
+            if self._skippable is not None:
+                self._skippable.skip = skip
+                total = len(self._skippable)
+                position = skip
+                for batch in super().__iter__():
+                    position += 1
+                    self.position = position
+                    if position >= total:
+                        state.end_of_dataloader = True
+                    yield place(batch) if place is not None else batch
+            else:
+                yield from self._iter_without_length(skip, place)
+            self.epoch += 1
+            self.position = 0
+        finally:
+            state.end(self)
+
+    def _iter_without_length(self, skip: int, place: Callable[[Any], Any] | None) -> Iterator[Any]:
+        # The end is known only by reading one batch ahead.
+        iterator = super().__iter__()
+        position = 0
+        for _ in range(skip):
+            if next(iterator, _END) is _END:
+                self.position = position
+                return
+            position += 1
+        current = next(iterator, _END)
+        while current is not _END:
+            following = next(iterator, _END)
+            position += 1
+            self.position = position
+            if following is _END:
+                self.gradient_state.end_of_dataloader = True
+            yield place(current) if place is not None else current
+            current = following
+
+    def state_dict(self) -> dict[str, int]:
+        """Epoch, position and shuffle seed, for checkpoints."""
+        return {"epoch": self.epoch, "position": self.position, "seed": -1 if self.seed is None else self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore :meth:`state_dict`: the next pass is the saved epoch, in its saved order."""
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+        seed = int(state["seed"])
+        if seed >= 0 and self._skippable is not None:
+            self.seed = seed
+            sampler = self._skippable.sampler
+            if isinstance(sampler, SeededRandomSampler):
+                sampler.seed = seed
+
+
+_END = object()
+
+
+class _SkippedView:
+    """What ``skip_first_batches`` returns for a prepared loader: one pass that starts later.
+
+    It shares the loader's epoch counter and position, so plain iteration of the
+    loader afterwards continues with the next epoch, exactly as without a resume.
+    """
+
+    def __init__(self, dataloader: DataLoaderShard, num_batches: int) -> None:
+        self._dataloader = dataloader
+        self._num_batches = num_batches
+
+    def __iter__(self) -> Iterator[Any]:
+        self._dataloader.skip_next(self._num_batches)
+        return iter(self._dataloader)
+
+    def __len__(self) -> int:
+        return max(len(self._dataloader) - self._num_batches, 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._dataloader, name)
+
+
+def skip_first_batches(dataloader: Any, num_batches: int = 0) -> Any:
+    """A loader whose next pass skips the first ``num_batches`` batches (without loading them when it can)."""
+    if num_batches < 0:
+        raise ValueError(f"num_batches={num_batches}: expected 0 or more batches to skip")
+    if isinstance(dataloader, DataLoaderShard):
+        return _SkippedView(dataloader, num_batches)
+    if isinstance(dataloader, _SkippedView):
+        return _SkippedView(dataloader._dataloader, dataloader._num_batches + num_batches)
+    if isinstance(dataloader, DataLoader) and dataloader.batch_sampler is not None:
+        skippable = SkippableBatchSampler(dataloader.batch_sampler)
+        skippable.skip = num_batches
+
+        class _Once(Sampler[Any]):
+            def __len__(self) -> int:
+                return max(len(skippable) - num_batches, 0)
+
+            def __iter__(self) -> Iterator[Any]:
+                skippable.skip = num_batches
+                return iter(skippable)
+
+        kwargs = {k: getattr(dataloader, k) for k in _LOADER_KWARGS if hasattr(dataloader, k)}
+        if kwargs.get("num_workers", 0) == 0:
+            kwargs.pop("prefetch_factor", None)
+        return DataLoader(dataloader.dataset, batch_sampler=_Once(), generator=dataloader.generator, **kwargs)
+    raise TypeError(
+        f"skip_first_batches got {type(dataloader).__name__}: expected a DataLoader "
+        f"(prepared with accelerator.prepare, or a map-style torch DataLoader)"
+    )

@@ -1,0 +1,234 @@
+"""Finding, loading, checking and listing plugins.
+
+Three entry-point groups, so that nothing is imported before it is needed:
+``plait.backends`` (only the selected backend is loaded), ``plait.trackers``
+(only those named in ``log_with``), ``plait.plugins`` (always, unless blocked by
+``PLAIT_DISABLE_PLUGINS`` or turned off by ``PLAIT_AUTOLOAD_PLUGINS=0``). This
+module imports neither torch nor any plugin's dependency: listing must stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from plait import hookspecs
+from plait._markers import PROJECT_NAME
+from plait.errors import PluginError, closest
+
+if TYPE_CHECKING:
+    from plait.config import Config
+
+BACKENDS_GROUP = "plait.backends"
+TRACKERS_GROUP = "plait.trackers"
+PLUGINS_GROUP = "plait.plugins"
+GROUPS = (BACKENDS_GROUP, TRACKERS_GROUP, PLUGINS_GROUP)
+
+#: The built-in single-process backend: core's default implementation of every hook group.
+BUILTIN_BACKEND = "single"
+BUILTIN_MODULES = (
+    "plait.builtin.environment",
+    "plait.builtin.placement",
+    "plait.builtin.wrapping",
+    "plait.builtin.precision",
+    "plait.builtin.sync",
+    "plait.builtin.state",
+    "plait.builtin.report",
+)
+#: Extras of the ``plait`` distribution that install each first-party plugin.
+EXTRAS = {
+    (BACKENDS_GROUP, "ddp"): "ddp",
+    (BACKENDS_GROUP, "fsdp"): "fsdp",
+    (BACKENDS_GROUP, "zero"): "zero",
+    (BACKENDS_GROUP, "xla"): "xla",
+    (TRACKERS_GROUP, "tensorboard"): "tensorboard",
+    (TRACKERS_GROUP, "wandb"): "wandb",
+    (TRACKERS_GROUP, "comet_ml"): "comet",
+}
+SPEC_NAMES = frozenset(name for name in dir(hookspecs) if name.startswith("plait_"))
+
+
+@dataclass
+class PluginInfo:
+    """One installed plugin, as ``plait plugins`` shows it."""
+
+    name: str
+    group: str
+    distribution: str
+    version: str
+    hooks: list[str] = field(default_factory=list)
+    error: str | None = None
+    disabled: bool = False
+
+    @property
+    def status(self) -> str:
+        if self.disabled:
+            return "disabled"
+        return "ok" if self.error is None else f"broken: {self.error}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status
+        return data
+
+
+def entry_points(group: str) -> list[metadata.EntryPoint]:
+    """The installed entry points of ``group``, first of each name only, sorted by name."""
+    seen: dict[str, metadata.EntryPoint] = {}
+    for ep in metadata.entry_points(group=group):
+        seen.setdefault(ep.name, ep)
+    return [seen[name] for name in sorted(seen)]
+
+
+def installed_backends() -> tuple[str, ...]:
+    """Names of the backends that can be selected (the built-in one first)."""
+    return (BUILTIN_BACKEND,) + tuple(ep.name for ep in entry_points(BACKENDS_GROUP) if ep.name != BUILTIN_BACKEND)
+
+
+def installed_trackers() -> tuple[str, ...]:
+    """Names of the installed tracker plugins."""
+    return tuple(ep.name for ep in entry_points(TRACKERS_GROUP))
+
+
+def install_hint(group: str, name: str) -> str:
+    """The command that installs plugin ``name`` of ``group``, when a first-party extra has it."""
+    extra = EXTRAS.get((group, name))
+    return f"pip install plait[{extra}]" if extra else f"install the package that provides {group} entry point {name!r}"
+
+
+def hook_names(plugin: object) -> list[str]:
+    """Names of the hooks ``plugin`` implements (functions carrying the ``plait`` hookimpl marker)."""
+    names = []
+    for attr in dir(plugin):
+        try:
+            value = getattr(plugin, attr)
+        except Exception:  # properties of plugin objects may fail outside a run
+            continue
+        if getattr(value, f"{PROJECT_NAME}_impl", None) is not None:
+            names.append(attr)
+    return sorted(names)
+
+
+def _load(ep: metadata.EntryPoint) -> object:
+    plugin = ep.load()
+    return plugin() if isinstance(plugin, type) else plugin
+
+
+def _distribution(ep: metadata.EntryPoint) -> tuple[str, str]:
+    dist = ep.dist
+    return (dist.name, dist.version) if dist is not None else ("?", "?")
+
+
+def list_plugins(include_builtin: bool = True, disabled: tuple[str, ...] = ()) -> list[PluginInfo]:
+    """Every installed plugin with its distribution, version, hooks and load error.
+
+    Plugin modules are imported (they must keep heavy imports inside hook bodies)
+    but never registered; a module that fails to import is reported, not raised.
+    """
+    infos: list[PluginInfo] = []
+    if include_builtin:
+        version = metadata.version(PROJECT_NAME)
+        hooks: set[str] = set()
+        for module_name in BUILTIN_MODULES:
+            hooks.update(hook_names(importlib.import_module(module_name)))
+        infos.append(PluginInfo(BUILTIN_BACKEND, BACKENDS_GROUP, PROJECT_NAME, version, sorted(hooks)))
+    for group in GROUPS:
+        for ep in entry_points(group):
+            dist, version = _distribution(ep)
+            info = PluginInfo(ep.name, group, dist, version, disabled=ep.name in disabled)
+            if not info.disabled:
+                try:
+                    info.hooks = hook_names(_load(ep))
+                except Exception as exc:  # a broken plugin is shown, never fatal
+                    info.error = f"{type(exc).__name__}: {exc}"
+            infos.append(info)
+    return infos
+
+
+def new_manager() -> pluggy.PluginManager:
+    """A manager with plait's hook specs and the built-in defaults, and nothing else."""
+    pm = pluggy.PluginManager(PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    for module_name in BUILTIN_MODULES:
+        pm.register(importlib.import_module(module_name), name=module_name)
+    return pm
+
+
+def register(pm: pluggy.PluginManager, plugin: object, name: str | None = None) -> None:
+    """Register ``plugin`` and fail loudly, naming the closest spec, if it implements an unknown hook."""
+    for hook in hook_names(plugin):
+        if hook not in SPEC_NAMES:
+            label = name or getattr(plugin, "__name__", type(plugin).__name__)
+            raise PluginError(
+                f"plugin {label!r} implements unknown hook {hook!r}{closest(hook, SPEC_NAMES)}; "
+                f"the hooks are listed in plait.hookspecs"
+            )
+    pm.register(plugin, name=name)
+    pm.check_pending()
+
+
+def _find(group: str, name: str) -> metadata.EntryPoint | None:
+    return next((ep for ep in entry_points(group) if ep.name == name), None)
+
+
+def load_selected(pm: pluggy.PluginManager, group: str, name: str, disabled: tuple[str, ...]) -> object:
+    """Load and register the plugin ``name`` of ``group`` that the configuration selected."""
+    installed = [ep.name for ep in entry_points(group)]
+    if group == BACKENDS_GROUP:
+        installed = list(installed_backends())
+    kind = "backend" if group == BACKENDS_GROUP else "tracker"
+    if name in disabled:
+        raise PluginError(f"{kind} {name!r} is selected but blocked by PLAIT_DISABLE_PLUGINS; remove it from that list")
+    ep = _find(group, name)
+    if ep is None:
+        known = sorted({n for (g, n) in EXTRAS if g == group} | set(installed))
+        if name not in known:
+            raise PluginError(
+                f"unknown {kind} {name!r}{closest(name, known)}: installed {kind}s are "
+                f"{', '.join(installed) or 'none'}; others available: "
+                + ", ".join(f"{n} ({install_hint(group, n)})" for n in known if n not in installed)
+            )
+        raise PluginError(
+            f"{kind} {name!r} is not installed: {install_hint(group, name)} "
+            f"(installed {kind}s: {', '.join(installed) or 'none'})"
+        )
+    try:
+        plugin = _load(ep)
+    except Exception as exc:
+        dist, _ = _distribution(ep)
+        raise PluginError(
+            f"{kind} {name!r} (distribution {dist}) failed to load: {type(exc).__name__}: {exc}; "
+            f"reinstall it ({install_hint(group, name)}) or check `plait plugins`"
+        ) from exc
+    register(pm, plugin, name=f"{group}:{name}")
+    return plugin
+
+
+def load_extensions(pm: pluggy.PluginManager, config: Config) -> list[PluginInfo]:
+    """Load every ``plait.plugins`` entry point not blocked; a broken one is warned about and skipped."""
+    broken: list[PluginInfo] = []
+    if not config.autoload_plugins:
+        return broken
+    for ep in entry_points(PLUGINS_GROUP):
+        if ep.name in config.disable_plugins:
+            continue
+        try:
+            plugin = _load(ep)
+            register(pm, plugin, name=f"{PLUGINS_GROUP}:{ep.name}")
+        except Exception as exc:  # never let a third party's plugin crash the host
+            dist, version = _distribution(ep)
+            info = PluginInfo(ep.name, PLUGINS_GROUP, dist, version, error=f"{type(exc).__name__}: {exc}")
+            broken.append(info)
+            warnings.warn(f"plait plugin {ep.name!r} ({dist} {version}) was not loaded: {info.error}", stacklevel=3)
+    return broken
+
+
+def builtin_module(name: str) -> ModuleType:
+    """One of the built-in default modules, by its short name (``"state"``)."""
+    return importlib.import_module(f"plait.builtin.{name}")

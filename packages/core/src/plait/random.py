@@ -1,0 +1,69 @@
+"""Seeding and capturing every random number generator (python, numpy, torch, cuda, mps)."""
+
+from __future__ import annotations
+
+import random as _random
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def set_seed(seed: int, device_specific: bool = False, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch (every device) with ``seed``.
+
+    :param device_specific: add the process index, so every process draws differently.
+    :param deterministic: also ask torch for deterministic algorithms.
+    """
+    if device_specific:
+        import os
+
+        seed += int(os.environ.get("RANK", "0"))
+    _random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # seeds cuda and mps as well
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+
+
+def get_rng_states() -> dict[str, Any]:
+    """Every generator's state, as data ``torch.load(weights_only=True)`` accepts (tensors, ints, tuples)."""
+    version, internal, gauss = _random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.backends.mps.is_available():
+        states["mps"] = torch.mps.get_rng_state()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore :func:`get_rng_states`'s states."""
+    python = states["python"]
+    _random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss"]))
+    numpy_state = states["numpy"]
+    np.random.set_state(
+        (
+            numpy_state["kind"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    if "mps" in states and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(states["mps"])

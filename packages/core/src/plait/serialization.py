@@ -1,0 +1,158 @@
+"""State dicts to and from safetensors: shared (tied) tensors, shape checks, sharded exports."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from plait.errors import CheckpointError
+
+ALIASES_KEY = "plait_aliases"
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+WEIGHTS_NAME = "pytorch_model.bin"
+WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
+
+
+def split_shared(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Separate tensors sharing storage (tied weights): safetensors stores each storage once.
+
+    :return: the tensors to write (contiguous) and ``{alias: name kept}``.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[Any, ...], str] = {}
+    for name, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(
+                f"state dict entry {name!r} is a {type(tensor).__name__}: safetensors stores tensors only"
+            )
+        key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.dtype,
+               tuple(tensor.shape), tuple(tensor.stride()))
+        if tensor.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = tensor.detach().contiguous()
+    return tensors, aliases
+
+
+def state_dict_to_safetensors(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and safetensors metadata for ``state_dict`` (aliases recorded in the metadata)."""
+    tensors, aliases = split_shared(state_dict)
+    metadata = {"format": "pt"}
+    if aliases:
+        metadata[ALIASES_KEY] = json.dumps(aliases)
+    return tensors, metadata
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file as a state dict, shared tensors restored from the metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        state = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+    for alias, name in json.loads(metadata.get(ALIASES_KEY, "{}")).items():
+        if name in state:  # in a sharded export the tensor may live in another shard
+            state[alias] = state[name]
+    return state
+
+
+def check_compatible(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, strict: bool) -> None:
+    """Raise, before anything is copied, if ``state`` does not fit ``model``, naming the first bad key."""
+    expected = model.state_dict()
+    for key, tensor in state.items():
+        if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{source}: key {key!r} has shape {tuple(tensor.shape)} but the model's is "
+                f"{tuple(expected[key].shape)}; nothing was loaded"
+            )
+    if strict:
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected]
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{source} does not match the model: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}; "
+                f"nothing was loaded (pass strict=False to load what matches)"
+            )
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes in ``"10GB"`` (decimal), ``"5GiB"`` (binary) or an int."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        if size <= 0:
+            raise ValueError(f"max_shard_size={size}: expected a positive number of bytes")
+        return size
+    match = _SIZE.match(str(size))
+    if not match:
+        raise ValueError(f"max_shard_size={size!r}: expected bytes as an int or a string like '10GB' or '500MiB'")
+    value = float(match.group(1)) * _UNITS[(match.group(2) or "").upper()]
+    if value <= 0:
+        raise ValueError(f"max_shard_size={size!r}: expected a positive size")
+    return int(value)
+
+
+def shard_state_dict(tensors: Mapping[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    """Split tensors, in order, into shards of at most ``max_bytes`` (a larger tensor gets a shard of its own)."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    return shards
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    temporary = path.with_name(f".{path.name}.plait-tmp")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def save_model_files(
+    state_dict: Mapping[str, torch.Tensor], directory: Path, max_shard_size: int | str, safe_serialization: bool
+) -> list[Path]:
+    """Write a state dict as HF-style weights: one file, or shards with an index JSON. Returns the files written."""
+    from safetensors.torch import save_file
+
+    tensors, metadata = state_dict_to_safetensors(state_dict) if safe_serialization else (dict(state_dict), {})
+    shards = shard_state_dict(tensors, parse_size(max_shard_size))
+    base, index_name = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME) if safe_serialization else (WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+    stem, suffix = base.rsplit(".", 1)
+    directory.mkdir(parents=True, exist_ok=True)
+    # Weights of an earlier export under another sharding would be mixed with ours: remove them.
+    for old in directory.glob(f"{stem}-*-of-*.{suffix}"):
+        old.unlink()
+    written = []
+    weight_map: dict[str, str] = {}
+    for i, shard in enumerate(shards, start=1):
+        name = base if len(shards) == 1 else f"{stem}-{i:05d}-of-{len(shards):05d}.{suffix}"
+        path = directory / name
+        if safe_serialization:
+            _atomic_write(path, lambda p, s=shard: save_file(s, str(p), metadata=metadata))
+        else:
+            _atomic_write(path, lambda p, s=shard: torch.save(s, p))
+        written.append(path)
+        weight_map.update(dict.fromkeys(shard, name))
+    if len(shards) > 1:
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        index_path = directory / index_name
+        _atomic_write(index_path, lambda p: p.write_text(json.dumps(index, indent=2, sort_keys=True), encoding="utf-8"))
+        written.append(index_path)
+    elif (directory / index_name).exists():
+        (directory / index_name).unlink()
+    return written
