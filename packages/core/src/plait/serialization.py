@@ -71,11 +71,12 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def check_compatible(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, strict: bool) -> None:
     """Raise, before anything is copied, if ``state`` does not fit ``model``, naming the first bad key."""
     expected = model.state_dict()
-    for key, tensor in state.items():
-        if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
+    for key, reference in expected.items():  # the model's order, so "first" means first in the model
+        tensor = state.get(key)
+        if tensor is not None and tuple(reference.shape) != tuple(tensor.shape):
             raise CheckpointError(
                 f"{source}: key {key!r} has shape {tuple(tensor.shape)} but the model's is "
-                f"{tuple(expected[key].shape)}; nothing was loaded"
+                f"{tuple(reference.shape)}; nothing was loaded"
             )
     if strict:
         missing = [k for k in expected if k not in state]
@@ -118,8 +119,12 @@ def shard_state_dict(tensors: Mapping[str, torch.Tensor], max_bytes: int) -> lis
 
 def _atomic_write(path: Path, write: Any) -> None:
     temporary = path.with_name(f".{path.name}.plait-tmp")
-    write(temporary)
-    os.replace(temporary, path)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
 
 
 def save_model_files(
@@ -133,9 +138,12 @@ def save_model_files(
     base, index_name = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME) if safe_serialization else (WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
     stem, suffix = base.rsplit(".", 1)
     directory.mkdir(parents=True, exist_ok=True)
-    # Weights of an earlier export under another sharding would be mixed with ours: remove them.
+    # Weights of an earlier export under another sharding would be mixed with ours: remove them
+    # (an unsharded file too, which loaders would prefer to our index).
     for old in directory.glob(f"{stem}-*-of-*.{suffix}"):
         old.unlink()
+    if len(shards) > 1 and (directory / base).exists():
+        (directory / base).unlink()
     written = []
     weight_map: dict[str, str] = {}
     for i, shard in enumerate(shards, start=1):

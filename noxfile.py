@@ -1,0 +1,35 @@
+"""Test sessions: core alone (no plugin at all), and lint. Every install uses constraints.txt.
+
+Run all default sessions with ``nox``; one with ``nox -s core``.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "core"]
+nox.options.reuse_existing_virtualenvs = True
+
+CONSTRAINTS = ("-c", "constraints.txt")
+
+
+@nox.session(python="3.11")
+def core(session: nox.Session) -> None:
+    """Core package only, with no plugin installed: the single-process Accelerator and the plugin system."""
+    session.install(*CONSTRAINTS, "-e", "packages/core", "pytest")
+    session.run("pytest", "tests/core", *session.posargs)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """ruff over everything, mypy over the packages."""
+    session.install(*CONSTRAINTS, "ruff", "mypy", "types-PyYAML", "-e", "packages/core")
+    session.run("ruff", "check", ".")
+    session.run("mypy")
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """Benchmarks against raw PyTorch and HF Accelerate; results in benchmarks/results/."""
+    session.install(*CONSTRAINTS, "-e", "packages/core", "accelerate")
+    session.run("python", "benchmarks/run.py", *session.posargs)
