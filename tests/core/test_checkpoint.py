@@ -59,7 +59,7 @@ def test_save_and_load_round_trip_with_manifest(tmp_path: Path) -> None:
 def test_saving_into_an_existing_checkpoint_is_refused_unless_overwrite(tmp_path: Path) -> None:
     accelerator, model, _ = prepared()
     path = accelerator.save_state(tmp_path / "ckpt")
-    with pytest.raises(CheckpointError, match="already exists.*overwrite=True"):
+    with pytest.raises(CheckpointError, match=r"already exists.*overwrite=True"):
         accelerator.save_state(path)
     with torch.no_grad():
         model.weight.fill_(3.0)
@@ -124,7 +124,7 @@ def test_a_checkpoint_of_another_shape_names_the_key(tmp_path: Path) -> None:
     other = Accelerator()
     model = nn.Linear(4, 3)
     weight = model.weight.detach().clone()
-    model, optimizer = other.prepare(model, torch.optim.AdamW(model.parameters()))
+    model, _ = other.prepare(model, torch.optim.AdamW(model.parameters()))
     with pytest.raises(CheckpointError, match=r"key 'weight' has shape \(2, 4\) but the model's is \(3, 4\)"):
         other.load_state(path)
     assert torch.equal(model.weight, weight)
@@ -228,7 +228,7 @@ def test_everything_is_restored_scheduler_scaler_dataloader_custom(tmp_path: Pat
     path = accelerator.save_state(tmp_path / "ckpt")
     expected_rest = [b.tolist() for b in iterator]
 
-    fresh, counter2, model2, optimizer2, scheduler2, loader2 = build()
+    fresh, counter2, _, _, scheduler2, loader2 = build()
     fresh.load_state(path)
     assert counter2.count == 7
     assert scheduler2.get_last_lr() == scheduler.get_last_lr()

@@ -31,7 +31,25 @@ _LAZY = {
     "CheckpointError": "plait.errors",
 }
 
-__all__ = ["hookimpl", "hookspec", "__version__", *_LAZY]
+__all__ = [
+    "Accelerator",
+    "CheckpointError",
+    "Config",
+    "ConfigError",
+    "DistributedType",
+    "GeneralTracker",
+    "PluginError",
+    "Precision",
+    "PreparedObjects",
+    "ProcessEnvironment",
+    "ProjectConfiguration",
+    "__version__",
+    "hookimpl",
+    "hookspec",
+    "list_plugins",
+    "set_seed",
+    "skip_first_batches",
+]
 
 if TYPE_CHECKING:
     from plait.accelerator import Accelerator

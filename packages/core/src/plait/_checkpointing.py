@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from plait import checkpoint
+from plait._process import ProcessInfo
 from plait.errors import CheckpointError
 from plait.random import get_rng_states, set_rng_states
 from plait.serialization import save_model_files
 
 if TYPE_CHECKING:
-    from plait.environment import ProcessEnvironment
     from plait.project import ProjectConfiguration
     from plait.state import GradientState
 
@@ -27,7 +27,7 @@ def _name(stem: str, index: int, suffix: str = "pt") -> str:
     return f"{stem}.{suffix}" if index == 0 else f"{stem}_{index}.{suffix}"
 
 
-class CheckpointingMixin:
+class CheckpointingMixin(ProcessInfo):
     """``save_state``, ``load_state``, ``save_model``, ``save``, ``get_state_dict``, ``register_for_checkpointing``."""
 
     _pm: Any
@@ -36,14 +36,10 @@ class CheckpointingMixin:
     _schedulers: list[Any]
     _dataloaders: list[Any]
     _custom_objects: list[Any]
-    environment: ProcessEnvironment
     gradient_state: GradientState
     project_configuration: ProjectConfiguration
     precision: Any
     backend: str
-    is_main_process: bool
-    num_processes: int
-    process_index: int
 
     def register_for_checkpointing(self, *objects: Any) -> None:
         """Save and restore these objects (anything with ``state_dict``/``load_state_dict``) with the state."""

@@ -19,6 +19,7 @@ import torch
 from plait import plugins as plugins_module
 from plait._checkpointing import CheckpointingMixin
 from plait._collectives import CollectivesMixin
+from plait._process import ProcessInfo
 from plait.config import Config, resolve_config
 from plait.data import DataLoaderShard, skip_first_batches
 from plait.environment import ProcessEnvironment
@@ -32,7 +33,7 @@ _RNG_TYPES = ("torch", "cuda", "mps", "xla", "generator")
 _ACCEPTED = "torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, torch.utils.data.DataLoader"
 
 
-class Accelerator(CheckpointingMixin, CollectivesMixin):
+class Accelerator(CheckpointingMixin, CollectivesMixin, ProcessInfo):
     """Runs one training loop unchanged on any hardware the installed plugins support.
 
     Arguments and their defaults are HF Accelerate's. Each one given here overrides
@@ -175,34 +176,6 @@ class Accelerator(CheckpointingMixin, CollectivesMixin):
     @property
     def step_scheduler_with_optimizer(self) -> bool:
         return self.config.step_scheduler_with_optimizer
-
-    @property
-    def process_index(self) -> int:
-        return self.environment.rank
-
-    @property
-    def local_process_index(self) -> int:
-        return self.environment.local_rank
-
-    @property
-    def num_processes(self) -> int:
-        return self.environment.world_size
-
-    @property
-    def is_main_process(self) -> bool:
-        return self.environment.is_main_process
-
-    @property
-    def is_local_main_process(self) -> bool:
-        return self.environment.is_local_main_process
-
-    @property
-    def is_last_process(self) -> bool:
-        return self.environment.is_last_process
-
-    @property
-    def use_distributed(self) -> bool:
-        return self.num_processes > 1
 
     @property
     def project_dir(self) -> str | None:
@@ -384,10 +357,10 @@ class Accelerator(CheckpointingMixin, CollectivesMixin):
 
     def unwrap_model(self, model: torch.nn.Module, keep_fp32_wrapper: bool = True, keep_torch_compile: bool = True) -> Any:
         """The user's module inside a prepared model."""
-        model = self._pm.hook.plait_unwrap_model(accelerator=self, model=model, keep_fp32_wrapper=keep_fp32_wrapper)
-        if not keep_torch_compile and hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        return model
+        inner: Any = self._pm.hook.plait_unwrap_model(accelerator=self, model=model, keep_fp32_wrapper=keep_fp32_wrapper)
+        if not keep_torch_compile and hasattr(inner, "_orig_mod"):
+            inner = inner._orig_mod
+        return inner
 
     def skip_first_batches(self, dataloader: Any, num_batches: int = 0) -> Any:
         """A dataloader whose next pass starts after ``num_batches`` batches (for resuming mid-epoch)."""
@@ -542,9 +515,8 @@ def _kind(obj: Any) -> str:
         return "model"
     if isinstance(obj, torch.optim.Optimizer):
         return "optimizer"
-    if isinstance(obj, (torch.optim.lr_scheduler.LRScheduler, AcceleratedScheduler)) or isinstance(
-        obj, getattr(torch.optim.lr_scheduler, "ReduceLROnPlateau", ())
-    ):
+    if isinstance(obj, (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau,
+                        AcceleratedScheduler)):
         return "scheduler"
     if isinstance(obj, torch.utils.data.DataLoader):
         return "dataloader"

@@ -12,7 +12,7 @@ class GradientState:
     schedulers and dataloaders hold a reference to their accelerator's state.
     """
 
-    __slots__ = ("num_steps", "sync_gradients", "end_of_dataloader", "remainder", "active_dataloaders", "step")
+    __slots__ = ("active_dataloaders", "end_of_dataloader", "num_steps", "remainder", "step", "sync_gradients")
 
     def __init__(self, num_steps: int) -> None:
         self.num_steps = num_steps
