@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from plait.environment import ProcessEnvironment
     from plait.state import GradientState
 
-_REDUCTIONS = ("sum", "mean", "max")
+_REDUCTIONS = ("sum", "mean", "max", "none")
 
 
 class CollectivesMixin:
@@ -34,8 +34,13 @@ class CollectivesMixin:
         hook = self._pm.hook.plait_all_gather
         return operations.apply(lambda t: hook(accelerator=self, tensor=t), tensor, strict=True)
 
-    def gather_object(self, obj: Any) -> list[Any]:
-        """Collect a picklable object (a list's items are concatenated) from every process."""
+    def gather_object(self, obj: Any) -> Any:
+        """Collect a picklable object (a list's items are concatenated) from every process.
+
+        With one process ``obj`` is returned as it is (HF Accelerate's behaviour).
+        """
+        if self.num_processes == 1:
+            return obj
         gathered = self._pm.hook.plait_gather_object(accelerator=self, obj=obj)
         if isinstance(obj, (list, tuple)):
             return [item for part in gathered for item in part]
@@ -53,12 +58,17 @@ class CollectivesMixin:
         return data
 
     def reduce(self, tensor: Any, reduction: str = "sum", scale: float = 1.0) -> Any:
-        """Reduce tensors over every process (``"sum"``, ``"mean"`` or ``"max"``), then multiply by ``scale``."""
+        """Reduce tensors over every process (``"sum"``, ``"mean"`` or ``"max"``), then multiply by ``scale``.
+
+        ``"none"`` (HF Accelerate's documented no-op) returns a copy of each tensor, unreduced and unscaled.
+        """
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction={reduction!r} is not valid: expected one of {', '.join(_REDUCTIONS)}")
         hook = self._pm.hook.plait_all_reduce
 
         def _reduce(t: torch.Tensor) -> torch.Tensor:
+            if reduction == "none":
+                return t.clone()
             out = hook(accelerator=self, tensor=t.clone(), op=reduction)
             return out * scale if scale != 1.0 else out
 
@@ -120,7 +130,7 @@ class CollectivesMixin:
     def split_between_processes(self, inputs: Any, apply_padding: bool = False) -> Iterator[Any]:
         """Yield this process's contiguous share of ``inputs`` (a list, tuple, dict of lists, or tensor).
 
-        With ``apply_padding`` every share has the same length, the last item repeated.
+        With ``apply_padding`` every share has the same length, padded with the last item of ``inputs``.
         """
         yield split_for_process(inputs, self.process_index, self.num_processes, apply_padding)
 
@@ -143,6 +153,6 @@ def split_for_process(inputs: Any, index: int, count: int, apply_padding: bool =
         target = math.ceil(length / count)
         missing = target - (end - start)
         if missing > 0:
-            last = share[-1:] if len(share) else inputs[-1:]
+            last = inputs[-1:]  # HF Accelerate pads with the input's last element, not the share's
             share = torch.cat([share] + [last] * missing) if isinstance(share, torch.Tensor) else share + last * missing
     return share

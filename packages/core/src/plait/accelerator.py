@@ -89,7 +89,7 @@ class Accelerator(CheckpointingMixin, CollectivesMixin, ProcessInfo):
         self.config: Config = resolve_config(arguments, extra_backends=plugins_module.installed_backends())
         self.rng_types = _check_rng_types(rng_types)
         self.project_configuration = project_config if project_config is not None else ProjectConfiguration()
-        if self.config.project_dir is not None:
+        if self.config.project_dir is not None and self.project_configuration.project_dir is None:
             self.project_configuration.set_directories(self.config.project_dir)
 
         self.backend: str = self.config.backend or plugins_module.BUILTIN_BACKEND
@@ -413,13 +413,16 @@ class Accelerator(CheckpointingMixin, CollectivesMixin, ProcessInfo):
         """Decorator: run ``function`` on process ``process_index`` only."""
         if process_index is None:
             raise ValueError("on_process needs process_index: e.g. @accelerator.on_process(process_index=1)")
-        return self._on(lambda: self.process_index == process_index, function)
+        # As in HF Accelerate, with one process there is no other process to leave the work to.
+        return self._on(lambda: self.process_index == process_index or not self.use_distributed, function)
 
     def on_local_process(self, function: Callable[..., Any] | None = None, local_process_index: int | None = None) -> Any:
         """Decorator: run ``function`` on local process ``local_process_index`` of each machine only."""
         if local_process_index is None:
             raise ValueError("on_local_process needs local_process_index")
-        return self._on(lambda: self.local_process_index == local_process_index, function)
+        return self._on(
+            lambda: self.local_process_index == local_process_index or not self.use_distributed, function
+        )
 
     # ------------------------------------------------------------------ trackers
     def _load_trackers(self, names: list[str], objects: list[GeneralTracker]) -> list[str]:

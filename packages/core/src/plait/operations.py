@@ -32,8 +32,8 @@ def apply(func: Callable[..., Any], data: Any, *args: Any, strict: bool = False,
         return type(data)(apply(func, d, *args, strict=strict, **kwargs) for d in data)
     if isinstance(data, Mapping):
         return type(data)({k: apply(func, v, *args, strict=strict, **kwargs) for k, v in data.items()})
-    if hasattr(data, "to") and callable(data.to) and not isinstance(data, type):
-        # BatchEncoding-like objects that move themselves.
+    if not strict and hasattr(data, "to") and callable(data.to) and not isinstance(data, type):
+        # BatchEncoding-like objects that move themselves (never handed to a collective: see strict).
         return func(data, *args, **kwargs)
     if strict:
         raise TypeError(
