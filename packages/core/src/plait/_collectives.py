@@ -143,7 +143,7 @@ def split_for_process(inputs: Any, index: int, count: int, apply_padding: bool =
         lengths = {k: len(v) for k, v in inputs.items()}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"split_between_processes needs values of one length, got lengths {lengths}")
-        return type(inputs)({k: split_for_process(v, index, count, apply_padding) for k, v in inputs.items()})
+        return operations.rebuild_mapping(inputs, {k: split_for_process(v, index, count, apply_padding) for k, v in inputs.items()})
     length = len(inputs)
     per_process, extras = divmod(length, count)
     start = index * per_process + min(index, extras)

@@ -8,6 +8,12 @@ from typing import Any
 import torch
 
 
+def rebuild_mapping(original: Mapping[Any, Any], items: dict[Any, Any]) -> Any:
+    """A mapping of ``original``'s type holding ``items`` (dict, OrderedDict, BatchEncoding-like)."""
+    cls: Any = type(original)
+    return cls(items)
+
+
 def is_tensor_structure(data: Any) -> bool:
     """Whether ``data`` is a tensor or a (nested) list/tuple/dict whose leaves are all tensors."""
     if isinstance(data, torch.Tensor):
@@ -31,7 +37,7 @@ def apply(func: Callable[..., Any], data: Any, *args: Any, strict: bool = False,
     if isinstance(data, (list, tuple)):
         return type(data)(apply(func, d, *args, strict=strict, **kwargs) for d in data)
     if isinstance(data, Mapping):
-        return type(data)({k: apply(func, v, *args, strict=strict, **kwargs) for k, v in data.items()})
+        return rebuild_mapping(data, {k: apply(func, v, *args, strict=strict, **kwargs) for k, v in data.items()})
     if not strict and hasattr(data, "to") and callable(data.to) and not isinstance(data, type):
         # BatchEncoding-like objects that move themselves (never handed to a collective: see strict).
         return func(data, *args, **kwargs)
@@ -52,7 +58,7 @@ def send_to_device(data: Any, device: torch.device, non_blocking: bool = False) 
             return type(data)(*(send_to_device(d, device, non_blocking) for d in data))
         return type(data)(send_to_device(d, device, non_blocking) for d in data)
     if isinstance(data, Mapping):
-        return type(data)({k: send_to_device(v, device, non_blocking) for k, v in data.items()})
+        return rebuild_mapping(data, {k: send_to_device(v, device, non_blocking) for k, v in data.items()})
     to = getattr(data, "to", None)
     if to is not None and callable(to) and not isinstance(data, type):
         try:
@@ -73,35 +79,6 @@ def convert_to_fp32(data: Any) -> Any:
     return apply(_cast, data)
 
 
-def find_batch_size(data: Any) -> int | None:
-    """The size of the first dimension of the first tensor found in ``data``."""
-    if isinstance(data, torch.Tensor):
-        return int(data.shape[0]) if data.dim() > 0 else None
-    if isinstance(data, (list, tuple)):
-        for d in data:
-            size = find_batch_size(d)
-            if size is not None:
-                return size
-    if isinstance(data, Mapping):
-        for d in data.values():
-            size = find_batch_size(d)
-            if size is not None:
-                return size
-    return None
-
-
 def slice_tensors(data: Any, index: slice) -> Any:
     """Slice every tensor (and every list) in ``data`` along its first dimension."""
     return apply(lambda t: t[index], data)
-
-
-def concatenate(parts: list[Any], dim: int = 0) -> Any:
-    """Concatenate a list of same-shaped nested structures leaf by leaf."""
-    first = parts[0]
-    if isinstance(first, torch.Tensor):
-        return torch.cat(parts, dim=dim)
-    if isinstance(first, (list, tuple)):
-        return type(first)(concatenate([p[i] for p in parts], dim) for i in range(len(first)))
-    if isinstance(first, Mapping):
-        return type(first)({k: concatenate([p[k] for p in parts], dim) for k in first})
-    raise TypeError(f"cannot concatenate objects of type {type(first).__name__}: expected tensors or containers of them")
