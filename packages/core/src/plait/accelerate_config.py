@@ -52,6 +52,13 @@ _IGNORED = {
     "command_file",
     "use_mps_device",
 }
+# Keys of Accelerate's ``deepspeed_config`` that configure its multi-node launcher, not the engine.
+_DEEPSPEED_LAUNCHER_KEYS = {
+    "deepspeed_multinode_launcher",
+    "deepspeed_hostfile",
+    "deepspeed_exclusion_filter",
+    "deepspeed_inclusion_filter",
+}
 _DEEPSPEED_KEYS = {
     "zero_stage": "stage",
     "offload_optimizer_device": "offload_optimizer_device",
@@ -70,10 +77,19 @@ def is_accelerate_config(data: dict[str, Any]) -> bool:
     return "distributed_type" in data or "compute_environment" in data
 
 
+def source_key(key: str) -> str:
+    """The Accelerate key that plait's top-level ``key`` comes from (to name its line in errors)."""
+    if key == "backend":
+        return "distributed_type"
+    return next((k for k, v in _TOP_LEVEL.items() if v == key), key)
+
+
 def from_accelerate(data: dict[str, Any], path: Path | str) -> dict[str, Any]:
     """Translate an Accelerate config mapping into plait's keys and sections."""
     out: dict[str, Any] = {}
-    dtype = str(data.get("distributed_type", "NO"))
+    raw_type = data.get("distributed_type", "NO")
+    # YAML 1.1 reads an unquoted `distributed_type: NO` as false.
+    dtype = "NO" if raw_type is False else str(raw_type)
     if dtype not in _DISTRIBUTED_TYPES:
         raise ConfigError(
             f"config file {path}: distributed_type {dtype!r} has no plait backend; "
@@ -93,7 +109,9 @@ def from_accelerate(data: dict[str, Any], path: Path | str) -> dict[str, Any]:
             section = dict(value or {})
             if "gradient_accumulation_steps" in section:
                 out["gradient_accumulation_steps"] = section.pop("gradient_accumulation_steps")
-            out["zero"] = {_DEEPSPEED_KEYS.get(k, k): v for k, v in section.items()}
+            out["zero"] = {
+                _DEEPSPEED_KEYS.get(k, k): v for k, v in section.items() if k not in _DEEPSPEED_LAUNCHER_KEYS
+            }
         else:
             skipped.append(key)
     if skipped:
@@ -109,9 +127,11 @@ def _fsdp_section(section: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in section.items():
         name = key[len("fsdp_") :] if key.startswith("fsdp_") else key
-        if name == "sharding_strategy":
+        # Accelerate >= 1.6 writes FSDP1's strategy name under `fsdp_reshard_after_forward` too (a bool for FSDP2).
+        if name == "sharding_strategy" or (name == "reshard_after_forward" and not isinstance(value, bool)):
             # FULL_SHARD reshards parameters after forward; SHARD_GRAD_OP keeps them gathered.
-            out["reshard_after_forward"] = str(value).upper() not in ("SHARD_GRAD_OP", "2")
+            # HYBRID_SHARD_ZERO2 (5) keeps them gathered too, within each node.
+            out["reshard_after_forward"] = str(value).upper() not in ("SHARD_GRAD_OP", "2", "HYBRID_SHARD_ZERO2", "5")
             continue
         out[name] = value
     return out

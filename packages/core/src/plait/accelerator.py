@@ -7,10 +7,12 @@ taken once, at construction or ``prepare``, and their results called directly.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import gc
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -123,6 +125,7 @@ class Accelerator(CheckpointingMixin, CollectivesMixin, ProcessInfo):
         self._strict_trackers = strict_trackers
         self._shut_down = False
         self._tracker_names = self._load_trackers(tracker_names, tracker_objects)
+        atexit.register(_shutdown_at_exit, weakref.ref(self))
 
     # ------------------------------------------------------------------ properties
     @property
@@ -429,6 +432,13 @@ class Accelerator(CheckpointingMixin, CollectivesMixin, ProcessInfo):
         if names == ["all"]:
             names = list(plugins_module.installed_trackers())
         installed = plugins_module.installed_trackers()
+        every = names + [t.name for t in objects]
+        repeated = sorted({n for n in every if every.count(n) > 1})
+        if repeated:
+            raise ValueError(
+                f"log_with names the tracker {repeated[0]!r} twice: give each tracker once "
+                f"(tracker objects are told apart by their .name)"
+            )
         for name in names:
             if name not in installed:
                 # Raises with the installed trackers and the extra that adds this one.
@@ -493,6 +503,13 @@ class Accelerator(CheckpointingMixin, CollectivesMixin, ProcessInfo):
             self._shut_down = True
             self._pm.hook.plait_shutdown(accelerator=self)
 
+
+
+def _shutdown_at_exit(reference: weakref.ref[Accelerator]) -> None:
+    accelerator = reference()
+    if accelerator is not None and not accelerator._shut_down:
+        accelerator._shut_down = True
+        accelerator._pm.hook.plait_shutdown(accelerator=accelerator)
 
 
 def _split_trackers(log_with: Any) -> tuple[list[str], list[GeneralTracker]]:

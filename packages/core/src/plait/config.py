@@ -58,16 +58,10 @@ class Config:
     config_file: str | None = None
 
     def __post_init__(self) -> None:
-        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
-            raise ConfigError(
-                f"mixed_precision={self.mixed_precision!r} is not valid: expected one of "
-                f"{', '.join(repr(c) for c in MIXED_PRECISION_CHOICES)}"
-                f"{closest(str(self.mixed_precision), MIXED_PRECISION_CHOICES)}"
-            )
-        for name in ("gradient_accumulation_steps", "num_processes", "num_machines"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name}={value!r} is not valid: expected a whole number of at least 1")
+        for name in ("mixed_precision", "gradient_accumulation_steps", "num_processes", "num_machines"):
+            problem = _problem(name, getattr(self, name))
+            if problem is not None:
+                raise ConfigError(problem)
         if isinstance(self.machine_rank, bool) or not isinstance(self.machine_rank, int):
             raise ConfigError(f"machine_rank={self.machine_rank!r} is not valid: expected a whole number")
         if not 0 <= self.machine_rank < self.num_machines:
@@ -102,10 +96,30 @@ KEYS: tuple[str, ...] = tuple(
 _TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
 
 
-def default_config_path() -> Path:
-    """Where ``plait config`` writes and every run reads by default."""
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """Where ``plait config`` writes and every run reads by default (under ``XDG_CONFIG_HOME``)."""
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return Path(base) / "plait" / "default_config.yaml"
+
+
+def disabled_plugins(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """Plugin names blocked by ``PLAIT_DISABLE_PLUGINS=a,b``."""
+    return tuple(p.strip() for p in environ.get("PLAIT_DISABLE_PLUGINS", "").split(",") if p.strip())
+
+
+def _problem(key: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for ``key`` beyond its type, or ``None``."""
+    if key == "mixed_precision" and value not in MIXED_PRECISION_CHOICES:
+        return (
+            f"mixed_precision={value!r} is not valid: expected one of "
+            f"{', '.join(repr(c) for c in MIXED_PRECISION_CHOICES)}{closest(str(value), MIXED_PRECISION_CHOICES)}"
+        )
+    if key in ("gradient_accumulation_steps", "num_processes", "num_machines") and (
+        isinstance(value, bool) or not isinstance(value, int) or value < 1
+    ):
+        return f"{key}={value!r} is not valid: expected a whole number of at least 1"
+    return None
 
 
 def section_names(extra_backends: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -114,8 +128,18 @@ def section_names(extra_backends: tuple[str, ...] = ()) -> tuple[str, ...]:
 
 
 def coerce(key: str, value: Any, origin: str) -> Any:
-    """Check ``value`` against the type of ``key``; strings (from the environment) are parsed."""
+    """Check ``value`` for ``key``; strings (from the environment) are parsed. Errors start with ``origin``."""
+    value = _coerce_type(key, value, origin)
+    problem = _problem(key, value)
+    if problem is not None:
+        raise ConfigError(f"{origin}: {problem}")
+    return value
+
+
+def _coerce_type(key: str, value: Any, origin: str) -> Any:
     kind = _TYPES[key]
+    if key == "mixed_precision" and value is False:
+        return "no"  # YAML 1.1 reads an unquoted `mixed_precision: no` as false
     if value is None and "None" in kind:
         return None
     if kind.startswith("bool"):
@@ -185,7 +209,7 @@ def resolve_config(
     environ = os.environ if environ is None else environ
     sections = section_names(extra_backends)
     explicit_file = environ.get("PLAIT_CONFIG_FILE")
-    path = Path(explicit_file) if explicit_file else default_config_path()
+    path = Path(explicit_file) if explicit_file else default_config_path(environ)
     if explicit_file and not path.is_file():
         raise ConfigError(
             f"PLAIT_CONFIG_FILE={explicit_file!r} does not exist: point it at a YAML file "
@@ -206,7 +230,7 @@ def resolve_config(
     unknown = [k for k in merged if k not in KEYS]
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]!r}{closest(unknown[0], KEYS)}")
-    disabled = tuple(p.strip() for p in environ.get("PLAIT_DISABLE_PLUGINS", "").split(",") if p.strip())
+    disabled = disabled_plugins(environ)
     autoload = coerce("autoload_plugins", environ.get("PLAIT_AUTOLOAD_PLUGINS", "1"), "PLAIT_AUTOLOAD_PLUGINS")
     return Config(
         **merged,

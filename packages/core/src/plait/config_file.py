@@ -46,16 +46,18 @@ def parse_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
 
 def load_config_file(path: Path, sections: tuple[str, ...]) -> dict[str, Any]:
     """Read a config file (ours, or HF Accelerate's ``default_config.yaml``) into config values."""
-    from plait.accelerate_config import from_accelerate, is_accelerate_config
+    from plait.accelerate_config import from_accelerate, is_accelerate_config, source_key
     from plait.config import KEYS, coerce
 
     data, lines = parse_yaml(path)
-    if is_accelerate_config(data):
+    accelerate = is_accelerate_config(data)
+    if accelerate:
         data = from_accelerate(data, path)
     values: dict[str, Any] = {}
     found_sections: dict[str, dict[str, Any]] = {}
     for key, value in data.items():
-        where = f"config file {path}, line {lines.get((key,), '?')}"
+        line = lines.get((source_key(key) if accelerate else key,), "?")
+        where = f"config file {path}, line {line}"
         if key in KEYS:
             values[key] = coerce(key, value, where)
         elif key in sections:

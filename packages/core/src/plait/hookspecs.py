@@ -56,17 +56,21 @@ if TYPE_CHECKING:
 
 
 @hookspec(firstresult=True)
-def plait_backend_options(backend: str, options: Mapping[str, Any]) -> object | None:
+def plait_backend_options(backend: str, options: Mapping[str, Any] | object) -> object | None:
     """Validate the config section of ``backend`` and return the backend's options object.
 
     Called once per :class:`~plait.Accelerator`, for the selected backend only, with
     the merged section (YAML file, ``PLAIT_<SECTION>`` variable, then the
     ``backend_options`` argument). A backend answers only for its own name and
     raises :class:`plait.errors.ConfigError` naming an unknown or invalid key.
-    The returned object is available to every hook as ``accelerator.backend_options``.
+    When the user passed an options object instead of a dict
+    (``Accelerator(backend_options=FsdpOptions(...))``), ``options`` is that object:
+    return it if it is yours. The returned object is available to every hook as
+    ``accelerator.backend_options``.
 
     :param backend: the selected backend's name, e.g. ``"fsdp"``.
-    :param options: the raw section, a mapping of option names to values.
+    :param options: the raw section, a mapping of option names to values, or the
+        options object given as ``backend_options``.
     :return: the backend's own options object, or ``None`` to decline.
 
     Stops at the first non-None result.

@@ -10,7 +10,9 @@ module imports neither torch nor any plugin's dependency: listing must stay fast
 from __future__ import annotations
 
 import importlib
+import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from types import ModuleType
@@ -88,7 +90,7 @@ def entry_points(group: str) -> list[metadata.EntryPoint]:
 
 def installed_backends() -> tuple[str, ...]:
     """Names of the backends that can be selected (the built-in one first)."""
-    return (BUILTIN_BACKEND,) + tuple(ep.name for ep in entry_points(BACKENDS_GROUP) if ep.name != BUILTIN_BACKEND)
+    return (BUILTIN_BACKEND, *(ep.name for ep in entry_points(BACKENDS_GROUP) if ep.name != BUILTIN_BACKEND))
 
 
 def installed_trackers() -> tuple[str, ...]:
@@ -103,15 +105,19 @@ def install_hint(group: str, name: str) -> str:
 
 
 def hook_names(plugin: object) -> list[str]:
-    """Names of the hooks ``plugin`` implements (functions carrying the ``plait`` hookimpl marker)."""
-    names = []
+    """Names of the hooks ``plugin`` implements (functions carrying the ``plait`` hookimpl marker).
+
+    A function marked ``@hookimpl(specname="plait_x")`` implements ``plait_x``, whatever its own name.
+    """
+    names = set()
     for attr in dir(plugin):
         try:
             value = getattr(plugin, attr)
         except Exception:  # properties of plugin objects may fail outside a run
             continue
-        if getattr(value, f"{PROJECT_NAME}_impl", None) is not None:
-            names.append(attr)
+        opts = getattr(value, f"{PROJECT_NAME}_impl", None)
+        if isinstance(opts, dict):
+            names.add(opts.get("specname") or attr)
     return sorted(names)
 
 
@@ -125,12 +131,19 @@ def _distribution(ep: metadata.EntryPoint) -> tuple[str, str]:
     return (dist.name, dist.version) if dist is not None else ("?", "?")
 
 
-def list_plugins(include_builtin: bool = True, disabled: tuple[str, ...] = ()) -> list[PluginInfo]:
+def list_plugins(include_builtin: bool = True, disabled: Sequence[str] | None = None) -> list[PluginInfo]:
     """Every installed plugin with its distribution, version, hooks and load error.
 
     Plugin modules are imported (they must keep heavy imports inside hook bodies)
     but never registered; a module that fails to import is reported, not raised.
+
+    :param disabled: plugin names shown as disabled and not imported; ``None`` reads
+        ``PLAIT_DISABLE_PLUGINS``, as every :class:`~plait.Accelerator` does.
     """
+    if disabled is None:
+        from plait.config import disabled_plugins
+
+        disabled = disabled_plugins(os.environ)
     infos: list[PluginInfo] = []
     if include_builtin:
         version = metadata.version(PROJECT_NAME)
@@ -147,6 +160,10 @@ def list_plugins(include_builtin: bool = True, disabled: tuple[str, ...] = ()) -
                     info.hooks = hook_names(_load(ep))
                 except Exception as exc:  # a broken plugin is shown, never fatal
                     info.error = f"{type(exc).__name__}: {exc}"
+                else:
+                    # Registering it would fail the same way: show it as broken now.
+                    problem = unknown_hook(ep.name, info.hooks)
+                    info.error = None if problem is None else f"{PluginError.__name__}: {problem}"
             infos.append(info)
     return infos
 
@@ -160,16 +177,30 @@ def new_manager() -> pluggy.PluginManager:
     return pm
 
 
-def register(pm: pluggy.PluginManager, plugin: object, name: str | None = None) -> None:
-    """Register ``plugin`` and fail loudly, naming the closest spec, if it implements an unknown hook."""
-    for hook in hook_names(plugin):
+def unknown_hook(label: str, hooks: Sequence[str]) -> str | None:
+    """The error for the first of ``hooks`` that is not a plait hook spec (naming the closest), or ``None``."""
+    for hook in hooks:
         if hook not in SPEC_NAMES:
-            label = name or getattr(plugin, "__name__", type(plugin).__name__)
-            raise PluginError(
+            return (
                 f"plugin {label!r} implements unknown hook {hook!r}{closest(hook, SPEC_NAMES)}; "
                 f"the hooks are listed in plait.hookspecs"
             )
-    pm.register(plugin, name=name)
+    return None
+
+
+def register(pm: pluggy.PluginManager, plugin: object, name: str | None = None) -> None:
+    """Register ``plugin``; raise :class:`~plait.errors.PluginError` if it implements an unknown hook
+    (naming the closest spec) or a hook with arguments its spec does not have."""
+    label = name or str(getattr(plugin, "__name__", type(plugin).__name__))
+    problem = unknown_hook(label, hook_names(plugin))
+    if problem is not None:
+        raise PluginError(problem)
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        if pm.is_registered(plugin):  # older pluggy releases keep the hooks checked before the bad one
+            pm.unregister(plugin)
+        raise PluginError(f"{exc}; the hooks and their arguments are listed in plait.hookspecs") from exc
     pm.check_pending()
 
 

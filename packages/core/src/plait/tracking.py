@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from plait._markers import hookimpl
+from plait.errors import PluginError
 
 if TYPE_CHECKING:
     import pluggy
 
-    from plait.accelerator import Accelerator
 
 
 class GeneralTracker:
@@ -79,6 +79,11 @@ def call_each(pm: pluggy.PluginManager, hook_name: str, strict: bool, warned: se
     """
     caller = getattr(pm.hook, hook_name)
     for impl in reversed(caller.get_hookimpls()):
+        if impl.wrapper or impl.hookwrapper:
+            raise PluginError(
+                f"plugin {impl.plugin_name!r} wraps {hook_name}: tracker hooks are called one implementation "
+                f"at a time and take no wrappers; implement the hook itself"
+            )
         arguments = {name: kwargs[name] for name in impl.argnames}
         try:
             impl.function(**arguments)
@@ -95,6 +100,3 @@ def call_each(pm: pluggy.PluginManager, hook_name: str, strict: bool, warned: se
                     stacklevel=4,
                 )
 
-
-def start_accelerator_kwargs(accelerator: Accelerator) -> dict[str, Any]:
-    return {"accelerator": accelerator}

@@ -18,7 +18,12 @@ if TYPE_CHECKING:
 
 
 @hookimpl(trylast=True)
-def plait_backend_options(backend: str, options: Mapping[str, Any]) -> object:
+def plait_backend_options(backend: str, options: Mapping[str, Any] | object) -> object:
+    if not isinstance(options, Mapping):
+        raise ConfigError(
+            f"backend_options={options!r} is a {type(options).__qualname__} object that backend {backend!r} "
+            f"does not accept: pass a dict of options, or select the backend that defines it"
+        )
     if backend == "single" and options:
         raise ConfigError(
             f"backend 'single' takes no options, but its section sets {', '.join(map(repr, options))}: "
