@@ -15,7 +15,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -259,7 +258,3 @@ def load_extensions(pm: pluggy.PluginManager, config: Config) -> list[PluginInfo
             warnings.warn(f"plait plugin {ep.name!r} ({dist} {version}) was not loaded: {info.error}", stacklevel=3)
     return broken
 
-
-def builtin_module(name: str) -> ModuleType:
-    """One of the built-in default modules, by its short name (``"state"``)."""
-    return importlib.import_module(f"plait.builtin.{name}")
