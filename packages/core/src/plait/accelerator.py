@@ -30,6 +30,7 @@ from plait.project import ProjectConfiguration
 from plait.scheduler import AcceleratedScheduler
 from plait.state import GradientState
 from plait.tracking import GeneralTracker, TrackerObjectPlugin, call_each
+from plait.wrapping import patch_forward, unpatch_forward
 
 _RNG_TYPES = ("torch", "cuda", "mps", "xla", "generator")
 _ACCEPTED = "torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, torch.utils.data.DataLoader"
@@ -267,6 +268,9 @@ class Accelerator(CheckpointingMixin, CollectivesMixin, ProcessInfo):
             return model
         model = self._place(model, device_placement)
         wrapped = self._pm.hook.plait_wrap_model(accelerator=self, model=model, evaluation_mode=evaluation_mode)
+        if self.mixed_precision != "no":
+            # On the outermost module, as HF Accelerate does: whatever the backend wrapped runs under autocast.
+            patch_forward(wrapped, self.precision.wrap_forward)
         self._models.append(wrapped)
         return wrapped
 
@@ -360,7 +364,11 @@ class Accelerator(CheckpointingMixin, CollectivesMixin, ProcessInfo):
 
     def unwrap_model(self, model: torch.nn.Module, keep_fp32_wrapper: bool = True, keep_torch_compile: bool = True) -> Any:
         """The user's module inside a prepared model."""
+        if not keep_fp32_wrapper:
+            unpatch_forward(model)
         inner: Any = self._pm.hook.plait_unwrap_model(accelerator=self, model=model, keep_fp32_wrapper=keep_fp32_wrapper)
+        if not keep_fp32_wrapper:
+            unpatch_forward(getattr(inner, "_orig_mod", inner))
         if not keep_torch_compile and hasattr(inner, "_orig_mod"):
             inner = inner._orig_mod
         return inner

@@ -204,8 +204,9 @@ def plait_wrap_model(
 ) -> torch.nn.Module | None:
     """Wrap a placed model for training (DistributedDataParallel, FSDP...).
 
-    Core's default applies mixed precision to ``forward`` (autocast, outputs cast
-    back to fp32) through ``accelerator.precision``.
+    Core's default returns the model as it is. Mixed precision is not this hook's
+    business: after it, the accelerator wraps the returned module's ``forward`` with
+    ``accelerator.precision.wrap_forward`` (autocast, outputs cast back to fp32).
 
     :param accelerator: the accelerator preparing the model.
     :param model: the model, already placed on the device.

@@ -14,11 +14,7 @@ if TYPE_CHECKING:
 
 @hookimpl(trylast=True)
 def plait_wrap_model(accelerator: Accelerator, model: torch.nn.Module, evaluation_mode: bool) -> torch.nn.Module:
-    from plait.wrapping import patch_forward
-
-    precision = accelerator.precision
-    if accelerator.mixed_precision != "no":
-        patch_forward(model, precision.wrap_forward)
+    # One process: nothing to wrap. (Mixed precision is applied by the accelerator's Precision on top.)
     return model
 
 
@@ -55,8 +51,4 @@ def plait_wrap_dataloader(accelerator: Accelerator, dataloader: Any) -> Any:
 
 @hookimpl(trylast=True)
 def plait_unwrap_model(accelerator: Accelerator, model: torch.nn.Module, keep_fp32_wrapper: bool) -> torch.nn.Module:
-    from plait.wrapping import unpatch_forward
-
-    if not keep_fp32_wrapper:
-        unpatch_forward(getattr(model, "_orig_mod", model))
     return model
