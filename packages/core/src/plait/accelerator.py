@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import functools
 import gc
+import os
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -25,6 +26,8 @@ from plait._process import ProcessInfo
 from plait.config import Config, resolve_config
 from plait.data import DataLoaderShard, skip_first_batches
 from plait.environment import ProcessEnvironment
+from plait.errors import ConfigError, PluginError
+from plait.launcher_env import detect as detect_launch
 from plait.optimizer import AcceleratedOptimizer
 from plait.project import ProjectConfiguration
 from plait.scheduler import AcceleratedScheduler
@@ -95,11 +98,28 @@ class Accelerator(CheckpointingMixin, CollectivesMixin, ProcessInfo):
         if self.config.project_dir is not None and self.project_configuration.project_dir is None:
             self.project_configuration.set_directories(self.config.project_dir)
 
-        self.backend: str = self.config.backend or plugins_module.BUILTIN_BACKEND
+        self.backend: str = self.config.backend or _default_backend()
         self._pm = plugins_module.new_manager()
         self.broken_plugins = plugins_module.load_extensions(self._pm, self.config)
         if self.backend != plugins_module.BUILTIN_BACKEND:
-            plugins_module.load_selected(self._pm, plugins_module.BACKENDS_GROUP, self.backend, self.config.disable_plugins)
+            try:
+                plugins_module.load_selected(
+                    self._pm, plugins_module.BACKENDS_GROUP, self.backend, self.config.disable_plugins
+                )
+            except PluginError as exc:
+                if self.config.backend is not None:
+                    raise
+                processes = detect_launch(os.environ).world_size
+                raise PluginError(
+                    f"this run has {processes} processes and no backend is named, so it needs the "
+                    f"{self.backend!r} backend: {exc}"
+                ) from None
+        launched = detect_launch(os.environ).world_size
+        if self.backend == plugins_module.BUILTIN_BACKEND and launched > 1:
+            raise ConfigError(
+                f"backend 'single' runs one process, but the launcher started {launched}: "
+                f"use backend 'ddp' (pip install plait[ddp]) or another multi-process backend"
+            )
         for plugin in plugins:
             plugins_module.register(self._pm, plugin)
         hook = self._pm.hook
@@ -511,6 +531,11 @@ class Accelerator(CheckpointingMixin, CollectivesMixin, ProcessInfo):
             self._shut_down = True
             self._pm.hook.plait_shutdown(accelerator=self)
 
+
+
+def _default_backend() -> str:
+    """``ddp`` when a launcher started several processes, else the built-in single-process backend."""
+    return "ddp" if detect_launch(os.environ).world_size > 1 else plugins_module.BUILTIN_BACKEND
 
 
 def _shutdown_at_exit(reference: weakref.ref[Accelerator]) -> None:

@@ -48,6 +48,10 @@ class Config:
     main_process_ip: str | None = None
     main_process_port: int | None = None
     debug: bool = False
+    #: Seconds a collective waits for the other processes before failing (torch.distributed's timeout).
+    process_group_timeout: int = 1800
+    #: Rank 0 reads every batch and sends each process its share (otherwise each process reads its own).
+    dispatch_batches: bool = False
     #: Backend config sections, keyed by backend name (``{"fsdp": {...}}``).
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: Plugin names blocked before loading (``PLAIT_DISABLE_PLUGINS=a,b``).
@@ -58,7 +62,8 @@ class Config:
     config_file: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("mixed_precision", "gradient_accumulation_steps", "num_processes", "num_machines"):
+        for name in ("mixed_precision", "gradient_accumulation_steps", "num_processes", "num_machines",
+                     "process_group_timeout"):
             problem = _problem(name, getattr(self, name))
             if problem is not None:
                 raise ConfigError(problem)
@@ -115,7 +120,7 @@ def _problem(key: str, value: Any) -> str | None:
             f"mixed_precision={value!r} is not valid: expected one of "
             f"{', '.join(repr(c) for c in MIXED_PRECISION_CHOICES)}{closest(str(value), MIXED_PRECISION_CHOICES)}"
         )
-    if key in ("gradient_accumulation_steps", "num_processes", "num_machines") and (
+    if key in ("gradient_accumulation_steps", "num_processes", "num_machines", "process_group_timeout") and (
         isinstance(value, bool) or not isinstance(value, int) or value < 1
     ):
         return f"{key}={value!r} is not valid: expected a whole number of at least 1"

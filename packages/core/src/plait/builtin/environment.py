@@ -33,11 +33,36 @@ def plait_backend_options(backend: str, options: Mapping[str, Any] | object) -> 
     return dict(options)
 
 
+#: Whether this module started the default process group (and so must destroy it).
+_STARTED_GROUP = False
+
+
 @hookimpl(trylast=True)
 def plait_process_environment(config: Config) -> ProcessEnvironment:
-    from plait.environment import ProcessEnvironment
+    global _STARTED_GROUP
+    from plait.launcher_env import detect, export_for_torch
 
-    return ProcessEnvironment(rank=0, world_size=1, local_rank=0, local_world_size=1)
+    environment = detect(os.environ)
+    if environment.world_size == 1:
+        return environment
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        export_for_torch(os.environ)
+        use_cuda = torch.cuda.is_available() and not config.cpu
+        if use_cuda:
+            torch.cuda.set_device(environment.local_rank % torch.cuda.device_count())
+        dist.init_process_group(
+            "nccl" if use_cuda else "gloo",
+            timeout=datetime.timedelta(seconds=config.process_group_timeout),
+            rank=environment.rank,
+            world_size=environment.world_size,
+        )
+        _STARTED_GROUP = True
+    return environment
 
 
 @hookimpl(trylast=True)
@@ -58,9 +83,18 @@ def plait_device(config: Config, environment: ProcessEnvironment) -> torch.devic
 def plait_distributed_type(accelerator: Accelerator) -> str:
     from plait.environment import DistributedType
 
-    return DistributedType.NO
+    if accelerator.num_processes == 1:
+        return DistributedType.NO
+    return DistributedType.MULTI_GPU if accelerator.device.type == "cuda" else DistributedType.MULTI_CPU
 
 
 @hookimpl(trylast=True)
 def plait_shutdown(accelerator: Accelerator) -> bool:
+    global _STARTED_GROUP
+    if _STARTED_GROUP:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        _STARTED_GROUP = False
     return True
