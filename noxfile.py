@@ -1,4 +1,6 @@
-"""Test sessions: core alone (no plugin at all), and lint. Every install uses constraints.txt.
+"""Test sessions: core alone (no plugin at all), each plugin with core, everything, and lint.
+
+Every install uses constraints.txt.
 
 Run all default sessions with ``nox``; one with ``nox -s core``.
 """
@@ -7,7 +9,7 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "core"]
+nox.options.sessions = ["lint", "core", "ddp", "all"]
 nox.options.reuse_existing_virtualenvs = True
 
 CONSTRAINTS = ("-c", "constraints.txt")
@@ -22,9 +24,23 @@ def core(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11")
+def ddp(session: nox.Session) -> None:
+    """Core plus the ddp backend only: real multi-process runs over gloo."""
+    session.install(*CONSTRAINTS, "-e", "packages/core", "-e", "packages/ddp", "pytest")
+    session.run("pytest", "tests/ddp", *session.posargs)
+
+
+@nox.session(python="3.11")
+def all(session: nox.Session) -> None:
+    """Every package installed together: the core suite must still hold with the plugins present."""
+    session.install(*CONSTRAINTS, "-e", "packages/core", "-e", "packages/ddp", "pytest", "click")
+    session.run("pytest", "tests/core", *session.posargs)
+
+
+@nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     """ruff over everything, mypy over the packages."""
-    session.install(*CONSTRAINTS, "ruff", "mypy", "types-PyYAML", "-e", "packages/core")
+    session.install(*CONSTRAINTS, "ruff", "mypy", "types-PyYAML", "-e", "packages/core", "-e", "packages/ddp")
     session.run("ruff", "check", ".")
     session.run("mypy")
 

@@ -9,10 +9,13 @@ shared by the dataloader and every view ``skip_first_batches`` returns of it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler, Sampler
+
+from plait.sharding import BatchSamplerShard, IterableDatasetShard, check_split
 
 if TYPE_CHECKING:
     from plait.state import GradientState
@@ -109,6 +112,25 @@ def _with_seeded_sampler(dataloader: DataLoader) -> tuple[Any, int | None]:
     return batch_sampler, None
 
 
+@dataclass(frozen=True)
+class ShardLayout:
+    """How a prepared loader shares data among processes (HF Accelerate's options)."""
+
+    num_processes: int = 1
+    process_index: int = 0
+    split_batches: bool = False
+    even_batches: bool = True
+    #: Rank 0 reads every global batch and sends each process its rows.
+    dispatch_batches: bool = False
+    #: ``share([obj])`` returns rank 0's objects on every process (a broadcast).
+    share: Callable[[list[Any]], list[Any]] | None = None
+
+    def broadcast(self, *objects: Any) -> list[Any]:
+        if self.num_processes == 1 or self.share is None:
+            return list(objects)
+        return self.share(list(objects))
+
+
 class DataLoaderShard(DataLoader):
     """The dataloader ``prepare`` returns: this process's batches, on the device, with a resumable position.
 
@@ -122,25 +144,63 @@ class DataLoaderShard(DataLoader):
         dataloader: DataLoader,
         gradient_state: GradientState,
         place: Callable[[Any], Any] | None,
+        layout: ShardLayout | None = None,
     ) -> None:
+        layout = layout or ShardLayout()
+        n = layout.num_processes
         kwargs = {k: getattr(dataloader, k) for k in _LOADER_KWARGS if hasattr(dataloader, k)}
         if kwargs.get("num_workers", 0) == 0:
             kwargs.pop("prefetch_factor", None)
         # A private generator: starting an epoch must not draw from the global RNG (see module docstring).
         self._loader_generator = torch.Generator()
         self._iterable = isinstance(dataloader.dataset, IterableDataset)
+        self.layout = layout
         self.seed: int | None = None
+        self._dispatch = layout.dispatch_batches and n > 1
+        self._iterable_shard: IterableDatasetShard | None = None
+        #: Real samples in the last global batch when padding completed it (for gather_for_metrics), else -1.
+        self.remainder = -1
+        batch_size = dataloader.batch_size
+        global_batch = None if batch_size is None else (batch_size if layout.split_batches else batch_size * n)
+        if layout.split_batches and n > 1:
+            check_split(batch_size, n)
+        self.per_process_batch_size = batch_size // n if (layout.split_batches and batch_size) else batch_size
         if self._iterable or dataloader.batch_sampler is None:
             self._skippable: SkippableBatchSampler | None = None
+            dataset = dataloader.dataset
+            loader_batch = batch_size
+            if n > 1 and batch_size is not None:
+                if self._dispatch:
+                    loader_batch = global_batch
+                else:
+                    dataset = self._iterable_shard = IterableDatasetShard(
+                        dataset, batch_size, n, layout.process_index, layout.split_batches, dataloader.drop_last
+                    )
+                    loader_batch = self._iterable_shard.process_batch_size
             super().__init__(
-                dataloader.dataset,
-                batch_size=dataloader.batch_size,
-                drop_last=dataloader.drop_last,
-                generator=self._loader_generator,
-                **kwargs,
+                dataset, batch_size=loader_batch, drop_last=dataloader.drop_last,
+                generator=self._loader_generator, **kwargs,
             )
         else:
-            batch_sampler, self.seed = _with_seeded_sampler(dataloader)
+            batch_sampler, seed = _with_seeded_sampler(dataloader)
+            # Every process must shuffle alike, or their shards overlap: rank 0's seed wins.
+            if seed is not None:
+                self.seed = int(layout.broadcast(seed)[0])
+                batch_sampler.sampler.seed = self.seed
+            if n > 1:
+                if self._dispatch:
+                    if type(batch_sampler) is not BatchSampler:
+                        raise ValueError(
+                            f"dispatch_batches needs a DataLoader built with batch_size, not a custom batch sampler "
+                            f"({type(batch_sampler).__name__}): set dispatch_batches to false"
+                        )
+                    batch_sampler = BatchSampler(batch_sampler.sampler, global_batch, batch_sampler.drop_last)
+                else:
+                    batch_sampler = BatchSamplerShard(
+                        batch_sampler, n, layout.process_index, layout.split_batches, layout.even_batches
+                    )
+                if layout.even_batches and not dataloader.drop_last and global_batch:
+                    self.remainder = len(dataloader.dataset) % global_batch  # type: ignore[arg-type]
             self._skippable = SkippableBatchSampler(batch_sampler)
             super().__init__(
                 dataloader.dataset, batch_sampler=self._skippable, generator=self._loader_generator, **kwargs
@@ -151,7 +211,6 @@ class DataLoaderShard(DataLoader):
         self.epoch = 0
         self.position = 0
         self._skip = 0
-        self.per_process_batch_size = dataloader.batch_size
 
     # -- HF Accelerate's attribute names ------------------------------------------------------
     @property
@@ -160,7 +219,9 @@ class DataLoaderShard(DataLoader):
 
     @property
     def total_batch_size(self) -> int | None:
-        return self.per_process_batch_size
+        """Samples per step over all processes."""
+        size = self.per_process_batch_size
+        return None if size is None else size * self.layout.num_processes
 
     @property
     def total_dataset_length(self) -> int:
@@ -190,27 +251,39 @@ class DataLoaderShard(DataLoader):
         self._propagate_epoch()
         skip, self._skip = self._skip, 0
         state = self.gradient_state
-        place = self.place
         state.begin(self)
         try:
-            if self._skippable is not None:
-                self._skippable.skip = skip
-                total = len(self._skippable)
-                position = skip
-                for batch in super().__iter__():
-                    position += 1
-                    self.position = position
-                    if position >= total:
-                        state.end_of_dataloader = True
-                    yield place(batch) if place is not None else batch
+            if self._dispatch:
+                batches = self._dispatched(skip)
+            elif self._skippable is not None:
+                batches = self._with_length(skip)
             else:
-                yield from self._iter_without_length(skip, place)
+                batches = self._without_length(skip)
+            place = self.place
+            for batch in batches:
+                yield place(batch) if place is not None else batch
             self.epoch += 1
             self.position = 0
         finally:
             state.end(self)
 
-    def _iter_without_length(self, skip: int, place: Callable[[Any], Any] | None) -> Iterator[Any]:
+    def _mark_last(self, remainder: int) -> None:
+        self.gradient_state.end_of_dataloader = True
+        self.gradient_state.remainder = remainder
+
+    def _with_length(self, skip: int) -> Iterator[Any]:
+        assert self._skippable is not None
+        self._skippable.skip = skip
+        total = len(self._skippable)
+        position = skip
+        for batch in super().__iter__():
+            position += 1
+            self.position = position
+            if position >= total:
+                self._mark_last(self.remainder)
+            yield batch
+
+    def _without_length(self, skip: int) -> Iterator[Any]:
         # The end is known only by reading one batch ahead.
         iterator = super().__iter__()
         position = 0
@@ -225,9 +298,45 @@ class DataLoaderShard(DataLoader):
             position += 1
             self.position = position
             if following is _END:
-                self.gradient_state.end_of_dataloader = True
-            yield place(current) if place is not None else current
+                shard = self._iterable_shard
+                # The shard knows how many items were real once its stream ended (in this process only).
+                remainder = shard.remainder if shard is not None and self.num_workers == 0 else -1
+                self._mark_last(remainder)
+            yield current
             current = following
+
+    def _dispatched(self, skip: int) -> Iterator[Any]:
+        """Rank 0 reads each global batch and broadcasts it; every process keeps its rows."""
+        layout = self.layout
+        rows = self.per_process_batch_size or 0
+        start = rows * layout.process_index
+        source: Iterator[Any] | None = None
+        if layout.process_index == 0:
+            source = self._with_length(skip) if self._skippable is not None else self._without_length(skip)
+        position = skip
+        while True:
+            batch, last, remainder = _END, True, -1
+            if source is not None:
+                batch = next(source, _END)
+                last = self.gradient_state.end_of_dataloader
+                remainder = self.gradient_state.remainder
+            batch, last, remainder = layout.broadcast(batch if batch is not _END else None, last, remainder)
+            if batch is None:
+                return
+            position += 1
+            self.position = position
+            size = _rows(batch)
+            wanted = rows * layout.num_processes
+            if size < wanted and layout.even_batches:
+                remainder = size
+                batch = _take_rows(batch, [i % size for i in range(wanted)])
+                size = wanted
+            if last:
+                self._mark_last(remainder if size == wanted else -1)
+            if start < size:
+                yield _take_rows(batch, list(range(start, min(start + rows, size))))
+            if last:
+                return
 
     def state_dict(self) -> dict[str, int]:
         """Epoch, position and shuffle seed, for checkpoints."""
@@ -246,6 +355,34 @@ class DataLoaderShard(DataLoader):
 
 
 _END = object()
+
+
+def _rows(batch: Any) -> int:
+    """The number of rows (first dimension) of a collated batch."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0])
+    if isinstance(batch, (list, tuple)) and batch:
+        if all(not isinstance(b, (torch.Tensor, list, tuple, dict)) for b in batch):
+            return len(batch)
+        return _rows(batch[0])
+    if isinstance(batch, dict) and batch:
+        return _rows(next(iter(batch.values())))
+    raise TypeError(f"dispatch_batches cannot find the rows of a batch of type {type(batch).__name__}")
+
+
+def _take_rows(batch: Any, index: list[int]) -> Any:
+    """The given rows of a collated batch (tensors and lists of samples; other leaves are kept)."""
+    if isinstance(batch, torch.Tensor):
+        return batch[torch.tensor(index, dtype=torch.long)]
+    if isinstance(batch, (list, tuple)):
+        if all(not isinstance(b, (torch.Tensor, list, tuple, dict)) for b in batch):
+            return type(batch)(batch[i] for i in index) if not hasattr(batch, "_fields") else batch
+        if hasattr(batch, "_fields"):
+            return type(batch)(*(_take_rows(b, index) for b in batch))
+        return type(batch)(_take_rows(b, index) for b in batch)
+    if isinstance(batch, dict):
+        return type(batch)({k: _take_rows(v, index) for k, v in batch.items()})
+    return batch
 
 
 class _SkippedView:

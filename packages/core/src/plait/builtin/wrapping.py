@@ -43,10 +43,18 @@ def plait_wrap_scheduler(accelerator: Accelerator, scheduler: Any) -> Any:
 
 @hookimpl(trylast=True)
 def plait_wrap_dataloader(accelerator: Accelerator, dataloader: Any) -> Any:
-    from plait.data import DataLoaderShard
+    from plait.data import DataLoaderShard, ShardLayout
 
     place = accelerator._pm.hook.plait_batch_placer(accelerator=accelerator, dataloader=dataloader)
-    return DataLoaderShard(dataloader, accelerator.gradient_state, place)
+    layout = ShardLayout(
+        num_processes=accelerator.num_processes,
+        process_index=accelerator.process_index,
+        split_batches=accelerator.split_batches,
+        even_batches=accelerator.even_batches,
+        dispatch_batches=accelerator.config.dispatch_batches,
+        share=accelerator.broadcast_object_list,
+    )
+    return DataLoaderShard(dataloader, accelerator.gradient_state, place, layout)
 
 
 @hookimpl(trylast=True)
