@@ -194,6 +194,7 @@ class DataLoaderShard(DataLoader):
                             f"dispatch_batches needs a DataLoader built with batch_size, not a custom batch sampler "
                             f"({type(batch_sampler).__name__}): set dispatch_batches to false"
                         )
+                    assert global_batch is not None  # a standard BatchSampler has a batch size
                     batch_sampler = BatchSampler(batch_sampler.sampler, global_batch, batch_sampler.drop_last)
                 else:
                     batch_sampler = BatchSamplerShard(
