@@ -53,12 +53,15 @@ class DDPOptions:
         return cls(**dict(options))
 
     def ddp_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for DistributedDataParallel: only those set away from its defaults
+        (torch 2.13 warns whenever ``broadcast_buffers`` is passed at all)."""
         kwargs: dict[str, Any] = {
             "find_unused_parameters": self.find_unused_parameters,
             "gradient_as_bucket_view": self.gradient_as_bucket_view,
             "static_graph": self.static_graph,
-            "broadcast_buffers": self.broadcast_buffers,
         }
+        if not self.broadcast_buffers:
+            kwargs["broadcast_buffers"] = False
         if self.bucket_cap_mb is not None:
             kwargs["bucket_cap_mb"] = self.bucket_cap_mb
         return kwargs
