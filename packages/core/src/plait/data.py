@@ -172,6 +172,11 @@ class DataLoaderShard(DataLoader):
             if n > 1 and batch_size is not None:
                 if self._dispatch:
                     loader_batch = global_batch
+                    if layout.even_batches:
+                        # Rank 0 completes a short last global batch from the first one, as the sharded mode does.
+                        dataset = self._iterable_shard = IterableDatasetShard(
+                            dataset, global_batch, 1, 0, False, dataloader.drop_last
+                        )
                 else:
                     dataset = self._iterable_shard = IterableDatasetShard(
                         dataset, batch_size, n, layout.process_index, layout.split_batches, dataloader.drop_last
@@ -196,12 +201,17 @@ class DataLoaderShard(DataLoader):
                         )
                     assert global_batch is not None  # a standard BatchSampler has a batch size
                     batch_sampler = BatchSampler(batch_sampler.sampler, global_batch, batch_sampler.drop_last)
+                    if layout.even_batches:
+                        # A short last global batch is completed with the epoch's first indices, as when sharding.
+                        batch_sampler = BatchSamplerShard(batch_sampler, 1, 0, split_batches=True)
                 else:
                     batch_sampler = BatchSamplerShard(
                         batch_sampler, n, layout.process_index, layout.split_batches, layout.even_batches
                     )
                 if layout.even_batches and not dataloader.drop_last and global_batch:
-                    self.remainder = len(dataloader.dataset) % global_batch  # type: ignore[arg-type]
+                    sampler = getattr(batch_sampler, "sampler", None)
+                    samples = len(sampler) if hasattr(sampler, "__len__") else len(dataloader.dataset)  # type: ignore[arg-type]
+                    self.remainder = samples % global_batch
             self._skippable = SkippableBatchSampler(batch_sampler)
             super().__init__(
                 dataloader.dataset, batch_sampler=self._skippable, generator=self._loader_generator, **kwargs
@@ -227,6 +237,17 @@ class DataLoaderShard(DataLoader):
     @property
     def total_dataset_length(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        total = super().__len__()
+        if self._dispatch and not self.layout.even_batches and self._skippable is not None:
+            inner = self._skippable.batch_sampler
+            size, sampler = getattr(inner, "batch_size", None), getattr(inner, "sampler", None)
+            if size and not getattr(inner, "drop_last", False) and hasattr(sampler, "__len__"):
+                left = len(sampler) % size
+                if 0 < left <= (self.per_process_batch_size or 0) * self.layout.process_index:
+                    total -= 1  # the last global batch has no rows for this process
+        return total
 
     def set_epoch(self, epoch: int) -> None:
         """Start counting epochs at ``epoch`` (propagated to the sampler and dataset each pass)."""
@@ -309,19 +330,34 @@ class DataLoaderShard(DataLoader):
     def _dispatched(self, skip: int) -> Iterator[Any]:
         """Rank 0 reads each global batch and broadcasts it; every process keeps its rows."""
         layout = self.layout
+        state = self.gradient_state
         rows = self.per_process_batch_size or 0
         start = rows * layout.process_index
         source: Iterator[Any] | None = None
         if layout.process_index == 0:
             source = self._with_length(skip) if self._skippable is not None else self._without_length(skip)
+
+        def fetch() -> tuple[Any, bool, int]:
+            # Rank 0 reads one global batch ahead; the flags it set belong to that batch, not to the current one.
+            batch = next(source, _END)  # type: ignore[arg-type]
+            fetched = (None if batch is _END else batch, state.end_of_dataloader, state.remainder)
+            state.end_of_dataloader, state.remainder = False, -1
+            return fetched
+
+        ahead = fetch() if source is not None else (None, True, -1)
         position = skip
         while True:
-            batch, last, remainder = _END, True, -1
+            message: tuple[Any, ...] = (None, True, -1, -1)
             if source is not None:
-                batch = next(source, _END)
-                last = self.gradient_state.end_of_dataloader
-                remainder = self.gradient_state.remainder
-            batch, last, remainder = layout.broadcast(batch if batch is not _END else None, last, remainder)
+                batch, last, remainder = ahead
+                # The rows of the following batch when it is the last one (-1 otherwise).
+                last_rows = -1
+                if batch is not None and not last:
+                    ahead = fetch()
+                    if ahead[1] and ahead[0] is not None:
+                        last_rows = _rows(ahead[0])
+                message = (batch, last, remainder, last_rows)
+            batch, last, remainder, last_rows = layout.broadcast(*message)
             if batch is None:
                 return
             position += 1
@@ -334,6 +370,8 @@ class DataLoaderShard(DataLoader):
                 size = wanted
             if last:
                 self._mark_last(remainder if size == wanted else -1)
+            elif not layout.even_batches and 0 <= last_rows <= start:
+                self._mark_last(-1)  # the last global batch has no rows for this process: this one is its last
             if start < size:
                 yield _take_rows(batch, list(range(start, min(start + rows, size))))
             if last:

@@ -28,10 +28,15 @@ def first_host(nodelist: str) -> str:
     return f"{prefix}{first}"
 
 
-def _tasks_per_node(value: str) -> int:
-    # "4", or "4(x2),2" when nodes differ (the leading count; SLURM_LOCALID stays exact).
-    match = re.match(r"^(\d+)", value)
-    return int(match.group(1)) if match else 1
+def _tasks_per_node(value: str, node_id: int) -> int:
+    """This node's task count from SLURM's per-node counts: ``"4"``, or ``"4(x2),2"`` when nodes differ."""
+    counts: list[int] = []
+    for part in value.split(","):
+        match = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
+        if not match:
+            raise ValueError(f"tasks per node {value!r} is not a SLURM task count: expected e.g. '4' or '4(x2),2'")
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    return counts[min(node_id, len(counts) - 1)]
 
 
 def detect(environ: Mapping[str, str]) -> ProcessEnvironment:
@@ -52,7 +57,8 @@ def detect(environ: Mapping[str, str]) -> ProcessEnvironment:
                 world_size=int(environ["SLURM_NTASKS"]),
                 local_rank=int(environ.get("SLURM_LOCALID", 0)),
                 local_world_size=_tasks_per_node(
-                    environ.get("SLURM_NTASKS_PER_NODE") or environ.get("SLURM_TASKS_PER_NODE", "1")
+                    environ.get("SLURM_NTASKS_PER_NODE") or environ.get("SLURM_TASKS_PER_NODE", "1"),
+                    int(environ.get("SLURM_NODEID", 0)),
                 ),
             )
     except ValueError as exc:

@@ -71,7 +71,12 @@ class BatchSamplerShard(Sampler[list[int]]):
     def __len__(self) -> int:
         total = len(self.batch_sampler)
         if self.split_batches:
-            return total
+            if self.even_batches or self.drop_last or not self.batch_size or not hasattr(self.sampler, "__len__"):
+                return total
+            left = len(self.sampler) % self.batch_size
+            part = self.batch_size // self.num_processes
+            # The short last batch reaches only the processes whose slice starts inside it.
+            return total - 1 if 0 < left <= part * self.process_index else total
         rounds, left = divmod(total, self.num_processes)
         if left == 0 or self.drop_last:
             return rounds
@@ -167,6 +172,13 @@ class IterableDatasetShard(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        """Items this process yields per pass (a TypeError, as torch expects, when the dataset has no length)."""
+        buffers, left = divmod(len(self.dataset), self.buffer_size)
+        if left and not self.drop_last:
+            buffers += 1
+        return buffers * self.process_batch_size
 
     def __iter__(self) -> Iterator[Any]:
         size, part = self.buffer_size, self.process_batch_size

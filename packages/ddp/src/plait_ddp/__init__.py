@@ -42,7 +42,7 @@ def plait_wrap_model(accelerator: Accelerator, model: torch.nn.Module, evaluatio
     options: DDPOptions = accelerator.backend_options
     device_ids = [accelerator.device.index] if accelerator.device.type == "cuda" else None
     wrapped = DistributedDataParallel(model, device_ids=device_ids, **options.ddp_kwargs())
-    hook = options.comm_hook_function()
+    hook = options.comm_hook_function(accelerator.device.type)
     if hook is not None:
         wrapped.register_comm_hook(state=None, hook=hook)
     return wrapped

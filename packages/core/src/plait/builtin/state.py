@@ -17,8 +17,9 @@ def model_file(index: int) -> str:
     return "model.safetensors" if index == 0 else f"model_{index}.safetensors"
 
 
-def gradients_file(index: int) -> str:
-    return "gradients.safetensors" if index == 0 else f"gradients_{index}.safetensors"
+def gradients_file(index: int, process_index: int) -> str:
+    stem = "gradients" if index == 0 else f"gradients_{index}"
+    return f"{stem}.safetensors" if process_index == 0 else f"{stem}_rank{process_index}.safetensors"
 
 
 def optimizer_file(index: int) -> str:
@@ -40,12 +41,13 @@ def plait_save_model(accelerator: Accelerator, model: torch.nn.Module, writer: C
     if accelerator.is_main_process:
         tensors, metadata = state_dict_to_safetensors(state)
         writer.save_safetensors(model_file(index), tensors, metadata)
-        if not accelerator.sync_gradients:
-            # Saved mid-accumulation: the gradients summed so far are part of the exact state.
-            inner = accelerator.unwrap_model(model)
-            grads = {n: p.grad.detach().contiguous() for n, p in inner.named_parameters() if p.grad is not None}
-            if grads:
-                writer.save_safetensors(gradients_file(index), grads)
+    if not accelerator.sync_gradients:
+        # Saved mid-accumulation: the gradients summed so far are part of the exact state, and until
+        # they synchronise they differ between processes, so each process saves its own.
+        inner = accelerator.unwrap_model(model)
+        grads = {n: p.grad.detach().contiguous() for n, p in inner.named_parameters() if p.grad is not None}
+        if grads:
+            writer.save_safetensors(gradients_file(index, accelerator.process_index), grads)
     return True
 
 
@@ -59,7 +61,7 @@ def plait_load_model(accelerator: Accelerator, model: torch.nn.Module, directory
     state = load_safetensors(path)
     target = accelerator.unwrap_model(model)
     check_compatible(target, state, f"checkpoint file {path}", strict)
-    grads_path = Path(directory) / gradients_file(index)
+    grads_path = Path(directory) / gradients_file(index, accelerator.process_index)
     grads = load_safetensors(grads_path) if grads_path.is_file() else {}
     target.load_state_dict(state, strict=strict)
     for name, parameter in target.named_parameters():
