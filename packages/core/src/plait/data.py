@@ -170,6 +170,7 @@ class DataLoaderShard(DataLoader):
             dataset = dataloader.dataset
             loader_batch = batch_size
             if n > 1 and batch_size is not None:
+                assert global_batch is not None  # known with batch_size
                 if self._dispatch:
                     loader_batch = global_batch
                     if layout.even_batches:
@@ -243,7 +244,7 @@ class DataLoaderShard(DataLoader):
         if self._dispatch and not self.layout.even_batches and self._skippable is not None:
             inner = self._skippable.batch_sampler
             size, sampler = getattr(inner, "batch_size", None), getattr(inner, "sampler", None)
-            if size and not getattr(inner, "drop_last", False) and hasattr(sampler, "__len__"):
+            if size and not getattr(inner, "drop_last", False) and sampler is not None and hasattr(sampler, "__len__"):
                 left = len(sampler) % size
                 if 0 < left <= (self.per_process_batch_size or 0) * self.layout.process_index:
                     total -= 1  # the last global batch has no rows for this process

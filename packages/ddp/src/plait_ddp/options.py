@@ -89,7 +89,7 @@ def bf16_compress_any_backend(process_group, bucket):  # type: ignore[no-untyped
 
     group = process_group if process_group is not None else dist.group.WORLD
     buffer = bucket.buffer()
-    compressed = buffer.to(torch.bfloat16).div_(group.size())
+    compressed = buffer.to(torch.bfloat16).div_(dist.get_world_size(group))
     future = dist.all_reduce(compressed, group=group, async_op=True).get_future()
 
     def decompress(fut):  # type: ignore[no-untyped-def]
