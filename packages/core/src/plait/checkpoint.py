@@ -43,17 +43,65 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+class HashingFile:
+    """A file opened for writing whose SHA-256 is computed while it is written.
+
+    Each large buffer is hashed in a helper thread while the calling thread writes
+    the same buffer to disk (both release the GIL), so the checksum costs no extra
+    pass over the data. ``write`` returns only when both are done with the buffer,
+    so callers may reuse it.
+    """
+
+    _THREADED = 1 << 20
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "wb")  # noqa: SIM115 (closed by close())
+        self._digest = hashlib.sha256()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plait-checksum")
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        if view.nbytes < self._THREADED:
+            self._digest.update(view)
+            written = self._file.write(view)
+        else:
+            hashed = self._pool.submit(self._digest.update, view)
+            written = self._file.write(view)
+            hashed.result()
+        self.size += written
+        return written
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        self._pool.shutdown(wait=True)
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+    def __enter__(self) -> HashingFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class CheckpointWriter:
     """The checkpoint being written: hand it every file so that it enters the manifest.
 
-    Each file's checksum is computed in a background thread as soon as the file is
-    added, overlapping with the writing of the next one.
+    Files written through :meth:`save_safetensors` and :meth:`torch_save` are
+    checksummed while they are written; a file written by other means and
+    registered with :meth:`add` is checksummed in a background thread.
     """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="plait-checksum")
         self._pending: dict[str, Future[tuple[str, int]]] = {}
+        self._done: dict[str, dict[str, Any]] = {}
 
     def path(self, name: str) -> Path:
         """The path at which to write file ``name`` (a relative path; folders are created)."""
@@ -78,23 +126,27 @@ class CheckpointWriter:
             self.add(file.relative_to(self.directory).as_posix())
 
     def save_safetensors(self, name: str, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
-        """Write ``tensors`` as a safetensors file ``name``."""
-        from safetensors.torch import save_file
+        """Write ``tensors`` (contiguous, no two sharing memory) as a safetensors file ``name``."""
+        from plait.serialization import write_safetensors
 
-        save_file(tensors, str(self.path(name)), metadata=metadata)
-        self.add(name)
+        with HashingFile(self.path(name)) as f:
+            write_safetensors(f, tensors, metadata)
+        self._done[name] = {"sha256": f.hexdigest(), "size": f.size}
 
     def torch_save(self, name: str, obj: Any) -> None:
         """Write ``obj`` with ``torch.save``; it must load with ``weights_only=True`` (tensors, numbers, containers)."""
         import torch
 
-        torch.save(obj, self.path(name))
-        self.add(name)
+        with HashingFile(self.path(name)) as f:
+            torch.save(obj, f)  # type: ignore[arg-type]  # a binary file object: write() and flush()
+        self._done[name] = {"sha256": f.hexdigest(), "size": f.size}
 
     def files(self) -> dict[str, dict[str, Any]]:
         """Every added file with its checksum and size (waits for the checksums)."""
         try:
-            return {name: {"sha256": f.result()[0], "size": f.result()[1]} for name, f in sorted(self._pending.items())}
+            files = dict(self._done)
+            files.update({name: {"sha256": f.result()[0], "size": f.result()[1]} for name, f in self._pending.items()})
+            return dict(sorted(files.items()))
         finally:
             self._pool.shutdown(wait=True)
 

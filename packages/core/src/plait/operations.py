@@ -50,13 +50,24 @@ def apply(func: Callable[..., Any], data: Any, *args: Any, strict: bool = False,
 
 
 def send_to_device(data: Any, device: torch.device, non_blocking: bool = False) -> Any:
-    """Move every tensor in ``data`` to ``device`` (tensors already there are returned as they are)."""
+    """Move every tensor in ``data`` to ``device`` (tensors already there are returned as they are).
+
+    This runs on every batch: lists and tuples of tensors take a short path.
+    """
     if isinstance(data, torch.Tensor):
         return data if data.device == device else data.to(device, non_blocking=non_blocking)
+    cls = type(data)
+    if cls is list or cls is tuple:
+        return cls(
+            [
+                d if isinstance(d, torch.Tensor) and d.device == device else send_to_device(d, device, non_blocking)
+                for d in data
+            ]
+        )
     if isinstance(data, (list, tuple)):
-        if isinstance(data, tuple) and hasattr(data, "_fields"):
-            return type(data)(*(send_to_device(d, device, non_blocking) for d in data))
-        return type(data)(send_to_device(d, device, non_blocking) for d in data)
+        if hasattr(data, "_fields"):  # namedtuple
+            return cls(*(send_to_device(d, device, non_blocking) for d in data))
+        return cls(send_to_device(d, device, non_blocking) for d in data)
     if isinstance(data, Mapping):
         return rebuild_mapping(data, {k: send_to_device(v, device, non_blocking) for k, v in data.items()})
     to = getattr(data, "to", None)
