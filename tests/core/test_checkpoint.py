@@ -45,8 +45,8 @@ def test_save_and_load_round_trip_with_manifest(tmp_path: Path) -> None:
     saved = snapshot(model, optimizer)
     path = Path(accelerator.save_state(tmp_path / "ckpt"))
     manifest = json.loads((path / MANIFEST).read_text())
-    assert set(manifest["files"]) == {"model.safetensors", "optimizer.pt", "random_states_0.pt"}
-    assert all(len(entry["sha256"]) == 64 for entry in manifest["files"].values())
+    assert set(manifest["files"]) == {"model.safetensors", "optimizer.safetensors", "optimizer.pt", "random_states_0.pt"}
+    assert all(entry["algorithm"] == "xxh3_128" and len(entry["digest"]) == 32 for entry in manifest["files"].values())
     assert not list(tmp_path.glob(f"*{TMP_MARK}*"))
     with torch.no_grad():
         model.weight.add_(1.0)
@@ -54,6 +54,25 @@ def test_save_and_load_round_trip_with_manifest(tmp_path: Path) -> None:
     optimizer.step()
     accelerator.load_state(path)
     assert_same(snapshot(model, optimizer), saved)
+
+
+def test_manifests_with_sha256_entries_verify_too(tmp_path: Path) -> None:
+    import hashlib
+
+    from plait.checkpoint import verify
+
+    accelerator, _, _ = prepared()
+    path = Path(accelerator.save_state(tmp_path / "ckpt"))
+    manifest_path = path / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    for name, entry in manifest["files"].items():
+        manifest["files"][name] = {"sha256": hashlib.sha256((path / name).read_bytes()).hexdigest(), "size": entry["size"]}
+    manifest_path.write_text(json.dumps(manifest))
+    assert verify(path)["files"] == manifest["files"]
+    manifest["files"]["optimizer.pt"]["sha256"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"optimizer.pt is corrupted: its checksum does not match"):
+        verify(path)
 
 
 def test_saving_into_an_existing_checkpoint_is_refused_unless_overwrite(tmp_path: Path) -> None:

@@ -411,13 +411,14 @@ def resume_first_launch(root: str, configs: list[tuple[str, int, int]]) -> dict[
     from plait import checkpoint
 
     written: list[str] = []
-    original_add = checkpoint.CheckpointWriter.add
+    original_files = checkpoint.CheckpointWriter.files
 
-    def recording_add(self: Any, name: str) -> None:
-        written.append(name)
-        original_add(self, name)
+    def recording_files(self: Any) -> dict[str, Any]:
+        files = original_files(self)  # what this rank's writer wrote, with checksums
+        written.extend(files)
+        return files
 
-    checkpoint.CheckpointWriter.add = recording_add  # type: ignore[method-assign]
+    checkpoint.CheckpointWriter.files = recording_files  # type: ignore[method-assign]
     out: dict[str, Any] = {}
     for name, accum, save_at in configs:
         out[f"{name}/full"] = _resumable_run("full", "", accum, save_at)

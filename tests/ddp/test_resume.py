@@ -50,12 +50,13 @@ def test_save_state_from_two_processes_writes_each_file_once(runs: Any) -> None:
     assert first[1]["plain/interrupt"]["saved"] == str(directory)
     files = {p.name for p in directory.iterdir()}
     assert files == {
-        "model.safetensors", "optimizer.pt", "scheduler.pt", "dataloader.pt",
+        "model.safetensors", "optimizer.safetensors", "optimizer.pt", "scheduler.pt", "dataloader.pt",
         "random_states_0.pt", "random_states_1.pt", checkpoint.MANIFEST,
     }
     # Model, optimizer and the shared states are written by the main process only; RNG states by each.
     assert sorted(first[0]["plain/written"]) == sorted(
-        ["model.safetensors", "optimizer.pt", "scheduler.pt", "dataloader.pt", "random_states_0.pt"]
+        ["model.safetensors", "optimizer.safetensors", "optimizer.pt", "scheduler.pt", "dataloader.pt",
+         "random_states_0.pt"]
     )
     assert first[1]["plain/written"] == ["random_states_1.pt"]
     # The manifest lists every file, with checksums that verify.

@@ -14,7 +14,7 @@ import gc
 import os
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -137,6 +137,7 @@ class Accelerator(CheckpointingMixin, CollectivesMixin, ProcessInfo):
         self.distributed_type = hook.plait_distributed_type(accelerator=self)
 
         self._models: list[torch.nn.Module] = []
+        self._no_sync_is_noop: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
         self._optimizers: list[Any] = []
         self._schedulers: list[Any] = []
         self._dataloaders: list[Any] = []
@@ -331,19 +332,20 @@ class Accelerator(CheckpointingMixin, CollectivesMixin, ProcessInfo):
             loss = loss / steps
         self.precision.backward(loss, **kwargs)
 
-    @contextlib.contextmanager
-    def accumulate(self, *models: torch.nn.Module) -> Iterator[None]:
+    def accumulate(self, *models: torch.nn.Module) -> contextlib.AbstractContextManager[None]:
         """One micro-step of gradient accumulation: gradients synchronise (and the optimizer steps)
         every ``gradient_accumulation_steps`` micro-steps and on the last batch of the dataloader."""
-        state = self.gradient_state
-        state.advance()
-        if state.sync_gradients or not models:
-            yield
-            return
-        with contextlib.ExitStack() as stack:
-            for model in models:
-                stack.enter_context(self.no_sync(model))
-            yield
+        return _Accumulate(self, models)
+
+    def _no_sync_context(self, model: torch.nn.Module) -> contextlib.AbstractContextManager[Any] | None:
+        # A model whose no_sync is a no-op (one process) is asked once, not on every micro-step.
+        if model in self._no_sync_is_noop:
+            return None
+        context = self.no_sync(model)
+        if type(context) is contextlib.nullcontext:
+            self._no_sync_is_noop.add(model)
+            return None
+        return context
 
     def no_sync(self, model: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
         """A context in which backward does not synchronise ``model``'s gradients across processes."""
@@ -457,7 +459,8 @@ class Accelerator(CheckpointingMixin, CollectivesMixin, ProcessInfo):
 
     # ------------------------------------------------------------------ trackers
     def _load_trackers(self, names: list[str], objects: list[GeneralTracker]) -> list[str]:
-        if names == ["all"]:
+        every_installed = names == ["all"]
+        if every_installed:
             names = list(plugins_module.installed_trackers())
         installed = plugins_module.installed_trackers()
         every = names + [t.name for t in objects]
@@ -472,11 +475,29 @@ class Accelerator(CheckpointingMixin, CollectivesMixin, ProcessInfo):
                 # Raises with the installed trackers and the extra that adds this one.
                 plugins_module.load_selected(self._pm, plugins_module.TRACKERS_GROUP, name, self.config.disable_plugins)
         if self.is_main_process:
-            for name in names:
-                plugins_module.load_selected(self._pm, plugins_module.TRACKERS_GROUP, name, self.config.disable_plugins)
+            # "all" means every tracker that can run here, as in HF Accelerate: a tracker
+            # plugin whose library is not installed is left out.
+            names = [name for name in names if self._load_tracker(name, skip_missing_library=every_installed)]
             for tracker in objects:
                 plugins_module.register(self._pm, TrackerObjectPlugin(tracker), name=f"tracker-object:{tracker.name}")
         return names + [t.name for t in objects]
+
+    def _load_tracker(self, name: str, skip_missing_library: bool) -> bool:
+        """Load tracker plugin ``name``; ``False`` when its library is missing and ``skip_missing_library``."""
+        try:
+            plugins_module.load_selected(self._pm, plugins_module.TRACKERS_GROUP, name, self.config.disable_plugins)
+        except PluginError as exc:
+            missing = exc.__cause__
+            if not isinstance(missing, ImportError):
+                raise
+            if skip_missing_library:
+                return False
+            hint = plugins_module.install_hint(plugins_module.TRACKERS_GROUP, name)
+            raise PluginError(
+                f"tracker {name!r} is installed but cannot run: {missing}"
+                + ("" if "pip install" in str(missing) else f"; {hint}")
+            ) from missing
+        return True
 
     def init_trackers(
         self, project_name: str, config: Mapping[str, Any] | None = None, init_kwargs: Mapping[str, Any] | None = None
@@ -531,6 +552,32 @@ class Accelerator(CheckpointingMixin, CollectivesMixin, ProcessInfo):
             self._shut_down = True
             self._pm.hook.plait_shutdown(accelerator=self)
 
+
+
+class _Accumulate:
+    """The context ``accumulate`` returns; a class, because it runs on every micro-step."""
+
+    __slots__ = ("_accelerator", "_models", "_stack")
+
+    def __init__(self, accelerator: Accelerator, models: tuple[torch.nn.Module, ...]) -> None:
+        self._accelerator = accelerator
+        self._models = models
+        self._stack: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> None:
+        state = self._accelerator.gradient_state
+        state.advance()
+        if state.sync_gradients or not self._models:
+            return
+        contexts = [c for c in map(self._accelerator._no_sync_context, self._models) if c is not None]
+        if contexts:
+            self._stack = contextlib.ExitStack()
+            for context in contexts:
+                self._stack.enter_context(context)
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        stack, self._stack = self._stack, None
+        return stack.__exit__(*exc) if stack is not None else None
 
 
 def _default_backend() -> str:

@@ -306,7 +306,9 @@ def plait_no_sync(accelerator: Accelerator, model: torch.nn.Module) -> AbstractC
     """Return a context manager inside which backward does not synchronise gradients.
 
     Used by ``accumulate`` and ``no_sync`` on the micro-steps that do not step
-    the optimizer.
+    the optimizer. When the answer for a model is a ``contextlib.nullcontext``
+    (nothing to skip, e.g. one process), ``accumulate`` remembers it and does not
+    ask again for that model.
 
     :param accelerator: the accelerator asking.
     :param model: a prepared model.
@@ -484,7 +486,8 @@ def plait_save_optimizer(
     """Write a prepared optimizer's state into a checkpoint being written.
 
     Same contract as :func:`plait_save_model`; core's default writes
-    ``optimizer.pt`` (``optimizer_<index>.pt``) from the main process.
+    ``optimizer.safetensors`` (its tensors) and ``optimizer.pt`` (the rest of its state
+    dict), suffixed ``_<index>`` for later optimizers, from the main process.
 
     :param accelerator: the accelerator saving.
     :param optimizer: the prepared optimizer.

@@ -87,6 +87,39 @@ def write_safetensors(f: Any, tensors: Mapping[str, torch.Tensor], metadata: Map
             f.write(flat.view(torch.uint8).numpy().data)
 
 
+_TENSOR_REF = "__plait_tensor__"
+
+
+def split_tensors(obj: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
+    """A copy of ``obj`` with each tensor replaced by ``{_TENSOR_REF: key}``; the tensors go into ``tensors``.
+
+    Used for optimizer state: the tensors are written as safetensors (fast, no
+    pickle) and the small remaining structure with ``torch.save``.
+    """
+    if isinstance(obj, torch.Tensor):
+        key = path or "value"
+        tensors[key] = obj.detach().contiguous()
+        return {_TENSOR_REF: key}
+    if isinstance(obj, dict):
+        return {k: split_tensors(v, tensors, f"{path}.{k}" if path else str(k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [split_tensors(v, tensors, f"{path}.{i}" if path else str(i)) for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    return obj
+
+
+def join_tensors(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    """Undo :func:`split_tensors`."""
+    if isinstance(obj, dict):
+        if set(obj) == {_TENSOR_REF}:
+            return tensors[obj[_TENSOR_REF]]
+        return {k: join_tensors(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [join_tensors(v, tensors) for v in obj]
+        return items if isinstance(obj, list) else tuple(items)
+    return obj
+
+
 def state_dict_to_safetensors(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and safetensors metadata for ``state_dict`` (aliases recorded in the metadata)."""
     tensors, aliases = split_shared(state_dict)

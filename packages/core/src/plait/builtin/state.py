@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from plait._markers import hookimpl
@@ -22,8 +23,10 @@ def gradients_file(index: int, process_index: int) -> str:
     return f"{stem}.safetensors" if process_index == 0 else f"{stem}_rank{process_index}.safetensors"
 
 
-def optimizer_file(index: int) -> str:
-    return "optimizer.pt" if index == 0 else f"optimizer_{index}.pt"
+def optimizer_files(index: int) -> tuple[str, str]:
+    """The optimizer's tensors (safetensors) and the rest of its state dict (``torch.save``)."""
+    stem = "optimizer" if index == 0 else f"optimizer_{index}"
+    return f"{stem}.safetensors", f"{stem}.pt"
 
 
 @hookimpl(trylast=True)
@@ -72,9 +75,16 @@ def plait_load_model(accelerator: Accelerator, model: torch.nn.Module, directory
 
 @hookimpl(trylast=True)
 def plait_save_optimizer(accelerator: Accelerator, optimizer: Any, writer: CheckpointWriter, index: int) -> bool:
+    from plait.serialization import split_shared, split_tensors
+
     state = optimizer.state_dict()
     if accelerator.is_main_process:
-        writer.torch_save(optimizer_file(index), state)
+        tensors: dict[str, Any] = {}
+        skeleton = split_tensors(state, tensors)
+        unique, aliases = split_shared(tensors)
+        tensors_file, rest_file = optimizer_files(index)
+        writer.save_safetensors(tensors_file, unique, {"format": "pt", "plait_aliases": json.dumps(aliases)})
+        writer.torch_save(rest_file, skeleton)
     return True
 
 
@@ -84,7 +94,9 @@ def plait_load_optimizer(accelerator: Accelerator, optimizer: Any, directory: st
 
     import torch
 
-    path = Path(directory) / optimizer_file(index)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state)
+    from plait.serialization import join_tensors, load_safetensors
+
+    tensors_file, rest_file = optimizer_files(index)
+    skeleton = torch.load(Path(directory) / rest_file, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(join_tensors(skeleton, load_safetensors(Path(directory) / tensors_file)))
     return True
