@@ -1,0 +1,130 @@
+"""Worker: one contender's prepared training loop, timed in blocks of epochs on the runner's command.
+
+``main(channel, contender, model, accumulation, warmup_epochs)`` runs in a fresh process
+(see ``_common.Worker``). CONTENDER is raw, plait or accelerate (only that library is imported); MODEL is
+tiny (Linear(32, 1), batch 8) or mlp (3 x [Linear(512, 512), ReLU], batch 64).
+Every contender does the same work per batch: iterate a shuffling DataLoader over
+a TensorDataset, forward, MSE loss, backward, optimizer step, zero_grad, on one
+thread. With ACCUMULATION k > 1 the optimizer steps every k batches and on the
+last batch of the epoch: through ``accelerator.accumulate(model)`` for plait and
+Accelerate, by hand for raw PyTorch (loss / k, step when due).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from _common import Channel, serve
+
+#: name: (input width, output width, hidden layers, batch size, batches per epoch). The batch
+#: counts are not multiples of 4, so that accumulation also syncs on a short last group.
+MODELS = {
+    "tiny": (32, 1, 0, 8, 250),
+    "mlp": (512, 512, 3, 64, 50),
+}
+SEED = 1234
+
+
+def build(model_name: str) -> tuple[Any, Any, Any]:
+    import torch
+
+    width_in, width_out, layers, batch, batches = MODELS[model_name]
+    torch.manual_seed(SEED)
+    if layers == 0:
+        model = torch.nn.Linear(width_in, width_out)
+    else:
+        modules: list[torch.nn.Module] = []
+        for _ in range(layers):
+            modules += [torch.nn.Linear(width_in, width_in), torch.nn.ReLU()]
+        model = torch.nn.Sequential(*modules)
+    data = torch.utils.data.TensorDataset(torch.randn(batch * batches, width_in), torch.randn(batch * batches, width_out))
+    loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    return model, optimizer, loader
+
+
+def raw_epoch(model: Any, optimizer: Any, loader: Any, accumulation: int) -> Any:
+    import torch
+
+    mse = torch.nn.functional.mse_loss
+    if accumulation == 1:
+
+        def epoch() -> None:
+            for x, y in loader:
+                loss = mse(model(x), y)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+
+        return epoch
+
+    def epoch_accumulating() -> None:
+        last = len(loader)
+        for i, (x, y) in enumerate(loader, start=1):
+            loss = mse(model(x), y) / accumulation
+            loss.backward()
+            if i % accumulation == 0 or i == last:
+                optimizer.step()
+                optimizer.zero_grad()
+
+    return epoch_accumulating
+
+
+def accelerator_epoch(accelerator: Any, model: Any, optimizer: Any, loader: Any, accumulation: int) -> Any:
+    import torch
+
+    mse = torch.nn.functional.mse_loss
+    if accumulation == 1:
+
+        def epoch() -> None:
+            for x, y in loader:
+                loss = mse(model(x), y)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+
+        return epoch
+
+    def epoch_accumulating() -> None:
+        for x, y in loader:
+            with accelerator.accumulate(model):
+                loss = mse(model(x), y)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+
+    return epoch_accumulating
+
+
+def main(channel: Channel, contender: str, model_name: str, accumulation_text: str, warmup_text: str) -> None:
+    accumulation, warmup = int(accumulation_text), int(warmup_text)
+    import torch
+
+    torch.set_num_threads(1)
+    model, optimizer, loader = build(model_name)
+    if contender == "raw":
+        epoch = raw_epoch(model, optimizer, loader, accumulation)
+    else:
+        if contender == "plait":
+            from plait import Accelerator
+        elif contender == "accelerate":
+            from accelerate import Accelerator  # type: ignore[no-redef]
+        else:
+            raise ValueError(f"unknown contender {contender!r}")
+        accelerator = Accelerator(cpu=True, gradient_accumulation_steps=accumulation)
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+        epoch = accelerator_epoch(accelerator, model, optimizer, loader, accumulation)
+    for _ in range(warmup):
+        epoch()
+    steps_per_epoch = len(loader)
+
+    def run(epochs: int) -> dict[str, Any]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(epochs):
+            epoch()
+        cpu = time.process_time() - cpu
+        wall = time.perf_counter() - wall
+        return {"wall": wall, "cpu": cpu, "steps": epochs * steps_per_epoch}
+
+    serve(channel, {"run": run}, {"ready": True, "steps_per_epoch": steps_per_epoch, "threads": torch.get_num_threads()})
