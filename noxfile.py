@@ -48,5 +48,6 @@ def lint(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
     """Benchmarks against raw PyTorch and HF Accelerate; results in benchmarks/results/."""
-    session.install(*CONSTRAINTS, "-e", "packages/core", "accelerate")
+    session.install(*CONSTRAINTS, "-e", "packages/core", "-e", "packages/ddp", "accelerate")
     session.run("python", "benchmarks/run.py", *session.posargs)
+    session.run("python", "benchmarks/ddp.py", *session.posargs)

@@ -1,10 +1,13 @@
-"""Experiment trackers: the object API (HF Accelerate's ``GeneralTracker``) and safe fan-out of tracker hooks."""
+"""Experiment trackers: the object API (HF Accelerate's ``GeneralTracker``), the kinds of logged
+values that are not plain scalars (:class:`Image`, :class:`Histogram`), and safe fan-out of tracker hooks."""
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from plait._markers import hookimpl
 from plait.errors import PluginError
@@ -12,6 +15,38 @@ from plait.errors import PluginError
 if TYPE_CHECKING:
     import pluggy
 
+
+@dataclass(frozen=True)
+class Image:
+    """An image to log: ``accelerator.log({"sample": Image(tensor)}, step=step)``.
+
+    PIL images may also be logged as they are. Trackers that cannot store images
+    skip them with a warning.
+
+    :param data: a PIL image, or an array or tensor of shape ``(H, W)``, ``(C, H, W)``
+        or ``(H, W, C)`` with 1, 3 or 4 channels; floats in ``[0, 1]`` or integers in
+        ``[0, 255]``.
+    :param channels: where the channel axis of a 3-d ``data`` is: ``"first"``
+        (``(C, H, W)``) or ``"last"`` (``(H, W, C)``); ``None`` means first for a torch
+        tensor and last for anything else (numpy's and PIL's convention).
+    :param caption: a caption, for trackers that show one.
+    """
+
+    data: Any
+    channels: Literal["first", "last"] | None = None
+    caption: str | None = None
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """The distribution of many values to log as a histogram: ``accelerator.log({"weights": Histogram(w)})``.
+
+    A tensor or array of more than one element logged as it is counts as a histogram too.
+
+    :param values: a tensor, an array or a sequence of numbers (flattened).
+    """
+
+    values: Any
 
 
 class GeneralTracker:
@@ -97,6 +132,20 @@ def call_each(pm: pluggy.PluginManager, hook_name: str, strict: bool, warned: se
                     f"tracker {impl.plugin_name!r} failed in {hook_name} ({type(exc).__name__}: {exc}); "
                     f"training continues and later failures of this tracker are not reported "
                     f"(Accelerator(strict_trackers=True) raises instead)",
-                    stacklevel=4,
+                    stacklevel=caller_stacklevel(),
                 )
+
+
+def caller_stacklevel(packages: tuple[str, ...] = ("plait",)) -> int:
+    """The ``stacklevel`` for :func:`warnings.warn` that points at the first caller outside ``packages``.
+
+    Call it from the function that warns: the user's line that led there is shown,
+    however many plait (or plugin) frames are in between.
+    """
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").partition(".")[0] in packages:
+        frame = frame.f_back
+        level += 1
+    return level
 
