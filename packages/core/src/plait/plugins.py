@@ -219,10 +219,10 @@ def load_selected(pm: pluggy.PluginManager, group: str, name: str, disabled: tup
     if ep is None:
         known = sorted({n for (g, n) in EXTRAS if g == group} | set(installed))
         if name not in known:
+            others = ", ".join(f"{n} ({install_hint(group, n)})" for n in known if n not in installed)
             raise PluginError(
                 f"unknown {kind} {name!r}{closest(name, known)}: installed {kind}s are "
-                f"{', '.join(installed) or 'none'}; others available: "
-                + ", ".join(f"{n} ({install_hint(group, n)})" for n in known if n not in installed)
+                f"{', '.join(installed) or 'none'}" + (f"; others available: {others}" if others else "")
             )
         raise PluginError(
             f"{kind} {name!r} is not installed: {install_hint(group, name)} "
