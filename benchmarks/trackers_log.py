@@ -203,7 +203,7 @@ def _rank_worker(project_dir: str, steps: int) -> dict[str, Any]:
     """One rank of a 2-process run: train, log every step, count the tracker work done here."""
     import torch
 
-    import plait.accelerator
+    import plait._trackers
     from plait import Accelerator
 
     torch.set_num_threads(1)
@@ -211,7 +211,7 @@ def _rank_worker(project_dir: str, steps: int) -> dict[str, Any]:
     from plait_trackers.tensorboard import TensorBoardTracker
     counts = {"TensorBoardTracker.log": 0, "call_each(plait_tracker_log)": 0}
     tracker_log = TensorBoardTracker.log
-    call_each = plait.accelerator.call_each
+    call_each = plait._trackers.call_each
 
     def counting_log(self: Any, *args: Any, **kwargs: Any) -> None:
         counts["TensorBoardTracker.log"] += 1
@@ -223,7 +223,7 @@ def _rank_worker(project_dir: str, steps: int) -> dict[str, Any]:
         call_each(pm, hook_name, *args, **kwargs)
 
     TensorBoardTracker.log = counting_log  # type: ignore[method-assign]
-    plait.accelerator.call_each = counting_call_each  # type: ignore[assignment]
+    plait._trackers.call_each = counting_call_each  # type: ignore[assignment]
 
     accelerator = Accelerator(log_with="tensorboard", project_dir=project_dir)
     accelerator.init_trackers("bench")
