@@ -96,6 +96,9 @@ class SkippableBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[Any]:
         skip, self.skip = self.skip, 0
+        if not skip:
+            yield from self.batch_sampler
+            return
         for index, batch in enumerate(self.batch_sampler):
             if index >= skip:
                 yield batch
@@ -275,16 +278,23 @@ class DataLoaderShard(DataLoader):
         skip, self._skip = self._skip, 0
         state = self.gradient_state
         state.begin(self)
+        place = self.place
         try:
-            if self._dispatch:
-                batches = self._dispatched(skip)
-            elif self._skippable is not None:
-                batches = self._with_length(skip)
+            if self._skippable is not None and not self._dispatch:
+                # The common case, inline: this loop runs once per training step.
+                self._skippable.skip = skip
+                total, position, remainder = len(self._skippable), skip, self.remainder
+                for batch in DataLoader.__iter__(self):
+                    position += 1
+                    self.position = position
+                    if position >= total:
+                        state.end_of_dataloader = True
+                        state.remainder = remainder
+                    yield place(batch) if place is not None else batch
             else:
-                batches = self._without_length(skip)
-            place = self.place
-            for batch in batches:
-                yield place(batch) if place is not None else batch
+                batches = self._dispatched(skip) if self._dispatch else self._without_length(skip)
+                for batch in batches:
+                    yield place(batch) if place is not None else batch
             self.epoch += 1
             self.position = 0
         finally:
