@@ -137,11 +137,12 @@ def _install_hook_recorder() -> None:
 
 @pytest.fixture(autouse=True)
 def isolated_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty ``XDG_CONFIG_HOME`` and no ``PLAIT_*`` variable; returns the default config file's path."""
+    """An empty ``XDG_CONFIG_HOME``, no ``PLAIT_*`` variable and no launcher's variables (torchrun's or
+    SLURM's: core reads them); returns the default config file's path."""
     home = tmp_path_factory.mktemp("xdg")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
     for name in list(os.environ):
-        if name.startswith("PLAIT_"):
+        if name.startswith(("PLAIT_", "SLURM_")) or name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
             monkeypatch.delenv(name)
     return home / "plait" / "default_config.yaml"
 

@@ -8,7 +8,6 @@ dataloaders, process helpers, collectives, and model/precision/saving helpers.
 from __future__ import annotations
 
 import gc
-import os
 import random
 import weakref
 
@@ -20,15 +19,6 @@ from torch.utils.data import DataLoader
 import plait
 from plait import Accelerator, ProjectConfiguration
 from plait.environment import ProcessEnvironment
-
-
-@pytest.fixture(autouse=True)
-def _isolated_config(monkeypatch, tmp_path):
-    """No PLAIT_* variable, launcher variable or user config file may change what these tests see."""
-    for name in list(os.environ):
-        if name.startswith("PLAIT_") or name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
 
 
 class ShutdownRecorder:

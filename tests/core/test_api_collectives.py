@@ -8,7 +8,6 @@ communicated is refused.
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict, namedtuple
 
 import pytest
@@ -17,14 +16,6 @@ from torch.utils.data import DataLoader
 
 from plait import Accelerator
 from plait._collectives import split_for_process
-
-
-@pytest.fixture(autouse=True)
-def _isolated_config(monkeypatch, tmp_path):
-    for name in list(os.environ):
-        if name.startswith("PLAIT_") or name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
 
 
 @pytest.fixture

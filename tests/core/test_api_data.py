@@ -3,24 +3,11 @@ under set_seed, and skip_first_batches on prepared and plain loaders."""
 
 from __future__ import annotations
 
-import os
-
-import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 import plait
 from plait import Accelerator
-
-
-@pytest.fixture(autouse=True)
-def _isolated_config(monkeypatch, tmp_path):
-    """No PLAIT_* variable, launcher variable or user config file may change what these tests see."""
-    for name in list(os.environ):
-        if name.startswith("PLAIT_") or name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
-
 
 # --------------------------------------------------------------------------- dataloaders
 

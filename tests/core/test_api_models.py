@@ -16,14 +16,6 @@ from safetensors.torch import load_file, load_model
 from plait import Accelerator
 
 
-@pytest.fixture(autouse=True)
-def _isolated_config(monkeypatch, tmp_path):
-    for name in list(os.environ):
-        if name.startswith("PLAIT_") or name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
-
-
 class RecordsMatmulDtype(torch.nn.Module):
     """A linear layer that remembers the dtype its matmul ran in, and returns several outputs."""
 

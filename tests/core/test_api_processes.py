@@ -7,23 +7,12 @@ what each helper does on a process other than the main one is observable too.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 import plait
 from plait import Accelerator
 from plait.environment import ProcessEnvironment
-
-
-@pytest.fixture(autouse=True)
-def _isolated_config(monkeypatch, tmp_path):
-    """No PLAIT_* variable, launcher variable or user config file may change what these tests see."""
-    for name in list(os.environ):
-        if name.startswith("PLAIT_") or name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
 
 
 class Recorder:
