@@ -14,7 +14,7 @@ from plait import checkpoint
 from plait._process import ProcessInfo
 from plait.errors import CheckpointError
 from plait.random import get_rng_states, set_rng_states
-from plait.serialization import save_model_files
+from plait.serialization import atomic_write, save_model_files
 
 if TYPE_CHECKING:
     from plait.project import ProjectConfiguration
@@ -242,16 +242,9 @@ class CheckpointingMixin(ProcessInfo):
         """Save ``obj`` once (main process), atomically: ``torch.save``, or safetensors for a dict of tensors."""
         if not self.is_main_process:
             return
-        path = Path(f)
-        temporary = path.with_name(f".{path.name}{checkpoint.TMP_MARK}{uuid.uuid4().hex[:8]}")
-        try:
-            if safe_serialization:
-                from safetensors.torch import save_file
+        if safe_serialization:
+            from safetensors.torch import save_file
 
-                save_file(obj, str(temporary), metadata={"format": "pt"})
-            else:
-                torch.save(obj, temporary)
-            os.replace(temporary, path)
-        finally:
-            if temporary.exists():
-                temporary.unlink()
+            atomic_write(Path(f), lambda path: save_file(obj, str(path), metadata={"format": "pt"}))
+        else:
+            atomic_write(Path(f), lambda path: torch.save(obj, path))

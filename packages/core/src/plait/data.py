@@ -280,21 +280,13 @@ class DataLoaderShard(DataLoader):
         state.begin(self)
         place = self.place
         try:
-            if self._skippable is not None and not self._dispatch:
-                # The common case, inline: this loop runs once per training step.
-                self._skippable.skip = skip
-                total, position, remainder = len(self._skippable), skip, self.remainder
-                for batch in DataLoader.__iter__(self):
-                    position += 1
-                    self.position = position
-                    if position >= total:
-                        state.end_of_dataloader = True
-                        state.remainder = remainder
-                    yield place(batch) if place is not None else batch
+            # ``yield from`` delegates in C: no second Python loop runs per training step.
+            if self._dispatch:
+                yield from self._dispatched(skip, place)
+            elif self._skippable is not None:
+                yield from self._with_length(skip, place)
             else:
-                batches = self._dispatched(skip) if self._dispatch else self._without_length(skip)
-                for batch in batches:
-                    yield place(batch) if place is not None else batch
+                yield from self._without_length(skip, place)
             self.epoch += 1
             self.position = 0
         finally:
@@ -304,19 +296,18 @@ class DataLoaderShard(DataLoader):
         self.gradient_state.end_of_dataloader = True
         self.gradient_state.remainder = remainder
 
-    def _with_length(self, skip: int) -> Iterator[Any]:
+    def _with_length(self, skip: int, place: Callable[[Any], Any] | None) -> Iterator[Any]:
         assert self._skippable is not None
         self._skippable.skip = skip
-        total = len(self._skippable)
-        position = skip
+        total, position = len(self._skippable), skip
         for batch in super().__iter__():
             position += 1
             self.position = position
             if position >= total:
                 self._mark_last(self.remainder)
-            yield batch
+            yield place(batch) if place is not None else batch
 
-    def _without_length(self, skip: int) -> Iterator[Any]:
+    def _without_length(self, skip: int, place: Callable[[Any], Any] | None) -> Iterator[Any]:
         # The end is known only by reading one batch ahead.
         iterator = super().__iter__()
         position = 0
@@ -335,10 +326,10 @@ class DataLoaderShard(DataLoader):
                 # The shard knows how many items were real once its stream ended (in this process only).
                 remainder = shard.remainder if shard is not None and self.num_workers == 0 else -1
                 self._mark_last(remainder)
-            yield current
+            yield place(current) if place is not None else current
             current = following
 
-    def _dispatched(self, skip: int) -> Iterator[Any]:
+    def _dispatched(self, skip: int, place: Callable[[Any], Any] | None) -> Iterator[Any]:
         """Rank 0 reads each global batch and broadcasts it; every process keeps its rows."""
         layout = self.layout
         state = self.gradient_state
@@ -346,7 +337,7 @@ class DataLoaderShard(DataLoader):
         start = rows * layout.process_index
         source: Iterator[Any] | None = None
         if layout.process_index == 0:
-            source = self._with_length(skip) if self._skippable is not None else self._without_length(skip)
+            source = self._with_length(skip, None) if self._skippable is not None else self._without_length(skip, None)
 
         def fetch() -> tuple[Any, bool, int]:
             # Rank 0 reads one global batch ahead; the flags it set belong to that batch, not to the current one.
@@ -384,7 +375,8 @@ class DataLoaderShard(DataLoader):
             elif not layout.even_batches and 0 <= last_rows <= start:
                 self._mark_last(-1)  # the last global batch has no rows for this process: this one is its last
             if start < size:
-                yield _take_rows(batch, list(range(start, min(start + rows, size))))
+                mine = _take_rows(batch, list(range(start, min(start + rows, size))))
+                yield place(mine) if place is not None else mine
             if last:
                 return
 

@@ -191,8 +191,11 @@ def shard_state_dict(tensors: Mapping[str, torch.Tensor], max_bytes: int) -> lis
     return shards
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    temporary = path.with_name(f".{path.name}.plait-tmp")
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(temporary_path)``, then rename the result onto ``path``: readers never see half a file."""
+    import uuid
+
+    temporary = path.with_name(f".{path.name}.plait-tmp-{uuid.uuid4().hex[:8]}")
     try:
         write(temporary)
         os.replace(temporary, path)
@@ -224,16 +227,16 @@ def save_model_files(
         name = base if len(shards) == 1 else f"{stem}-{i:05d}-of-{len(shards):05d}.{suffix}"
         path = directory / name
         if safe_serialization:
-            _atomic_write(path, lambda p, s=shard: save_file(s, str(p), metadata=metadata))
+            atomic_write(path, lambda p, s=shard: save_file(s, str(p), metadata=metadata))
         else:
-            _atomic_write(path, lambda p, s=shard: torch.save(s, p))
+            atomic_write(path, lambda p, s=shard: torch.save(s, p))
         written.append(path)
         weight_map.update(dict.fromkeys(shard, name))
     if len(shards) > 1:
         total = sum(t.numel() * t.element_size() for t in tensors.values())
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         index_path = directory / index_name
-        _atomic_write(index_path, lambda p: p.write_text(json.dumps(index, indent=2, sort_keys=True), encoding="utf-8"))
+        atomic_write(index_path, lambda p: p.write_text(json.dumps(index, indent=2, sort_keys=True), encoding="utf-8"))
         written.append(index_path)
     elif (directory / index_name).exists():
         (directory / index_name).unlink()
