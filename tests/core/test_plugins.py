@@ -400,6 +400,7 @@ def test_listing_plugins_reports_each_one_without_importing_torch(plugin_sites):
         "plait_backend_options",
         "plait_config_questions",
         "plait_launch",
+        "plait_launch_options",
         "plait_precision",
     ]
     assert plugins[("plait.trackers", "toylog")]["distribution"] == "plait-toylog"
@@ -718,6 +719,29 @@ def test_the_selected_backend_owns_launching_and_a_later_plugin_can_take_it_over
     register(pm, DryRun())
     assert pm.hook.plait_launch(config=toy_config, command=[str(script), str(marker)]) == 0
     assert not marker.exists()
+
+
+def test_a_backend_adds_launch_flags_whose_values_are_a_valid_section(installed_plugins, monkeypatch):
+    click = pytest.importorskip("click")
+    from click.testing import CliRunner
+    from plait_toy import ToyOptions
+
+    pm = new_manager()
+    load_selected(pm, BACKENDS_GROUP, "toy", ())
+    options = {
+        section: list(flags) for contribution in pm.hook.plait_launch_options() for section, flags in contribution.items()
+    }
+    assert [flag.name for flag in options["toy"]] == ["loss_scale", "label"]
+
+    seen: dict[str, Any] = {}
+    command = click.Command("launch", params=options["toy"], callback=lambda **values: seen.update(values))
+    result = CliRunner().invoke(command, ["--toy-loss-scale", "0.5"])
+
+    assert result.exit_code == 0, result.output
+    assert seen == {"loss_scale": 0.5, "label": None}  # a flag not given leaves the file's value alone
+    given = {key: value for key, value in seen.items() if value is not None}
+    monkeypatch.setenv("PLAIT_TOY", json.dumps(given))
+    assert Accelerator(backend="toy").backend_options == ToyOptions(loss_scale=0.5, label="plain")
 
 
 def test_a_backend_answers_config_questions_only_for_itself(installed_plugins, isolated_config):

@@ -622,6 +622,24 @@ def plait_cli_commands(cli: click.Group) -> None:
 
 
 @hookspec
+def plait_launch_options() -> Mapping[str, Sequence[click.Option]] | None:
+    """Add flags to ``plait launch`` that set options of a config section (your backend's).
+
+    Called once when the command line starts, for every installed plugin, before
+    any backend is selected (so keep it free of heavy imports). The mapping's keys
+    are section names; each ``click.Option``'s parameter name is the key it sets
+    in that section. A value is used only when the flag is given, so give every
+    option ``default=None`` (boolean flags as ``--x/--no-x``). ``plait launch``
+    hands the section to the workers in ``PLAIT_<SECTION>``, over the config file's
+    values::
+
+        return {"zero": [click.Option(["--zero-stage", "stage"], type=click.IntRange(1, 3), default=None)]}
+
+    :return: section name to the options that fill it.
+    """
+
+
+@hookspec
 def plait_env_report(config: Config) -> list[tuple[str, str]] | None:
     """Contribute lines to ``plait env``: versions of your dependencies, devices found.
 

@@ -56,6 +56,18 @@ def plait_launch(config: Any, command: Sequence[str]) -> int | None:
 
 
 @hookimpl
+def plait_launch_options() -> dict[str, list[Any]]:
+    import click
+
+    return {
+        NAME: [
+            click.Option(["--toy-loss-scale", "loss_scale"], type=float, default=None, help="Scale every loss."),
+            click.Option(["--toy-label", "label"], type=click.Choice(["plain", "fancy"]), default=None),
+        ]
+    }
+
+
+@hookimpl
 def plait_config_questions(backend: str, ask: Callable[..., Any]) -> dict[str, Any] | None:
     if backend != NAME:
         return None
