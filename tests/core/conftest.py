@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 import pytest
 
 from plait import plugins as plugins_module
+from plait.testing import install_plugins
 
 PACKAGES = Path(__file__).parent / "plugin_packages"
 #: Which test distributions go into which installed site.
@@ -152,26 +151,15 @@ def isolated_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 # --------------------------------------------------------------------------- #
 
 
-def _pip_install(packages: tuple[str, ...], build_root: Path, target: Path) -> subprocess.Popen[str]:
-    sources = []
-    for name in packages:
-        # Build from a copy: setuptools writes build/ and *.egg-info next to the sources.
-        source = build_root / name
-        shutil.copytree(PACKAGES / name, source)
-        sources.append(str(source))
-    command = [
-        sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-        "--no-deps", "--no-build-isolation", "--no-index", "--target", str(target), *sources,
-    ]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 @pytest.fixture(scope="session")
 def plugin_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The test distributions, pip-installed into one target directory per site (``good``, ``bad``)."""
     root = tmp_path_factory.mktemp("plugin-sites")
     targets = {site: root / site for site in SITES}
-    running = {site: _pip_install(SITES[site], root / f"{site}-build", targets[site]) for site in SITES}
+    running = {
+        site: install_plugins([PACKAGES / name for name in SITES[site]], targets[site], root / f"{site}-build")
+        for site in SITES
+    }
     for site, process in running.items():
         output, _ = process.communicate(timeout=300)
         assert process.returncode == 0, (

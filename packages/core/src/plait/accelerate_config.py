@@ -135,3 +135,14 @@ def _fsdp_section(section: dict[str, Any]) -> dict[str, Any]:
             continue
         out[name] = value
     return out
+
+
+def accelerate_default_path(environ: dict[str, str] | None = None) -> Path:
+    """Where HF Accelerate keeps ``default_config.yaml``: ``$HF_HOME/accelerate`` (``HF_HOME`` defaults to
+    ``$XDG_CACHE_HOME/huggingface``, and that to ``~/.cache/huggingface``)."""
+    import os
+
+    environ = dict(os.environ) if environ is None else environ
+    cache = environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    home = environ.get("HF_HOME") or os.path.join(cache, "huggingface")
+    return Path(os.path.expanduser(home)) / "accelerate" / "default_config.yaml"

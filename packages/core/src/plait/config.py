@@ -91,6 +91,32 @@ class Config:
             out[name] = dict(section)
         return out
 
+    def to_environ(self) -> dict[str, str]:
+        """The ``PLAIT_*`` variables that hand this config to worker processes (what ``plait launch`` sets).
+
+        Reading them back (:func:`resolve_config`) gives this config again; the config file is
+        named too (``PLAIT_CONFIG_FILE``), so that no other file is read in its place.
+        """
+        env: dict[str, str] = {}
+        for key in KEYS:
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, tuple):
+                text = ",".join(value)
+            else:
+                text = str(value)
+            env[ENV_PREFIX + key.upper()] = text
+        for name, section in self.sections.items():
+            env[ENV_PREFIX + name.upper()] = json.dumps(dict(section))
+        if self.config_file:
+            env["PLAIT_CONFIG_FILE"] = self.config_file
+        if self.disable_plugins:
+            env["PLAIT_DISABLE_PLUGINS"] = ",".join(self.disable_plugins)
+        return env
+
 
 #: Top-level YAML keys: the user-facing fields of :class:`Config`.
 KEYS: tuple[str, ...] = tuple(

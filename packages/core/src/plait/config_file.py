@@ -74,3 +74,14 @@ def load_config_file(path: Path, sections: tuple[str, ...]) -> dict[str, Any]:
     if found_sections:
         values["sections"] = found_sections
     return values
+
+
+def write_config_file(path: Path, data: dict[str, Any], header: str = "") -> None:
+    """Write ``data`` as a YAML config file, atomically (an interrupted write leaves the old file whole)."""
+    import yaml
+
+    from plait._files import atomic_write
+
+    text = header + yaml.safe_dump(data, sort_keys=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))

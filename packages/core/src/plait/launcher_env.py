@@ -78,3 +78,30 @@ def export_for_torch(environ: MutableMapping[str, str] = os.environ) -> None:
     if "MASTER_ADDR" not in environ:
         environ["MASTER_ADDR"] = first_host(environ.get("SLURM_JOB_NODELIST", "127.0.0.1"))
     environ.setdefault("MASTER_PORT", _DEFAULT_PORT)
+
+
+def slurm_machines(environ: Mapping[str, str]) -> dict[str, str | int] | None:
+    """Under ``srun plait launch`` (one task per node), the machines of the job step: ``num_machines``,
+    ``machine_rank``, ``main_process_ip`` (the step's first node) and ``main_process_port`` (``MASTER_PORT``,
+    else 29500 plus the job id modulo 1000, the same on every node). ``None`` outside an ``srun`` step.
+
+    :raises ValueError: if ``srun`` started more than one task per node (each would launch its own workers).
+    """
+    nodes = environ.get("SLURM_STEP_NUM_NODES")
+    if nodes is None or "SLURM_NODEID" not in environ:
+        return None
+    tasks = environ.get("SLURM_STEP_NUM_TASKS", nodes)
+    if tasks != nodes:
+        raise ValueError(
+            f"srun started SLURM_STEP_NUM_TASKS={tasks} tasks on SLURM_STEP_NUM_NODES={nodes} nodes: "
+            f"`plait launch` starts the workers of its node itself, so run it once per node "
+            f"(`srun --ntasks-per-node=1 plait launch ...`), or run `srun python train.py` without plait launch"
+        )
+    port = environ.get("MASTER_PORT") or str(int(_DEFAULT_PORT) + int(environ.get("SLURM_JOB_ID", "0") or 0) % 1000)
+    return {
+        "num_machines": int(nodes),
+        "machine_rank": int(environ["SLURM_NODEID"]),
+        "main_process_ip": first_host(environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST", "127.0.0.1")),
+        "main_process_port": int(port),
+    }
+

@@ -207,27 +207,32 @@ def _find(group: str, name: str) -> metadata.EntryPoint | None:
     return next((ep for ep in entry_points(group) if ep.name == name), None)
 
 
-def load_selected(pm: pluggy.PluginManager, group: str, name: str, disabled: tuple[str, ...]) -> object:
-    """Load and register the plugin ``name`` of ``group`` that the configuration selected."""
-    installed = [ep.name for ep in entry_points(group)]
-    if group == BACKENDS_GROUP:
-        installed = list(installed_backends())
+def selection_error(group: str, name: str, disabled: Sequence[str] = ()) -> str | None:
+    """Why plugin ``name`` of ``group`` cannot be selected (not installed, unknown, blocked), naming what is
+    installed and the ``pip install`` that adds the rest; ``None`` if it can be."""
+    installed = list(installed_backends()) if group == BACKENDS_GROUP else [ep.name for ep in entry_points(group)]
     kind = "backend" if group == BACKENDS_GROUP else "tracker"
     if name in disabled:
-        raise PluginError(f"{kind} {name!r} is selected but blocked by PLAIT_DISABLE_PLUGINS; remove it from that list")
-    ep = _find(group, name)
-    if ep is None:
-        known = sorted({n for (g, n) in EXTRAS if g == group} | set(installed))
-        if name not in known:
-            others = ", ".join(f"{n} ({install_hint(group, n)})" for n in known if n not in installed)
-            raise PluginError(
-                f"unknown {kind} {name!r}{closest(name, known)}: installed {kind}s are "
-                f"{', '.join(installed) or 'none'}" + (f"; others available: {others}" if others else "")
-            )
-        raise PluginError(
-            f"{kind} {name!r} is not installed: {install_hint(group, name)} "
-            f"(installed {kind}s: {', '.join(installed) or 'none'})"
+        return f"{kind} {name!r} is selected but blocked by PLAIT_DISABLE_PLUGINS; remove it from that list"
+    if name in installed:
+        return None
+    known = sorted({n for (g, n) in EXTRAS if g == group} | set(installed))
+    if name not in known:
+        others = ", ".join(f"{n} ({install_hint(group, n)})" for n in known if n not in installed)
+        return (
+            f"unknown {kind} {name!r}{closest(name, known)}: installed {kind}s are "
+            f"{', '.join(installed) or 'none'}" + (f"; others available: {others}" if others else "")
         )
+    return f"{kind} {name!r} is not installed: {install_hint(group, name)} (installed {kind}s: {', '.join(installed) or 'none'})"
+
+
+def load_selected(pm: pluggy.PluginManager, group: str, name: str, disabled: tuple[str, ...]) -> object:
+    """Load and register the plugin ``name`` of ``group`` that the configuration selected."""
+    problem = selection_error(group, name, disabled)
+    ep = _find(group, name)
+    if problem is not None or ep is None:
+        raise PluginError(problem or f"plugin {name!r} of {group} has no entry point")
+    kind = "backend" if group == BACKENDS_GROUP else "tracker"
     try:
         plugin = _load(ep)
     except Exception as exc:
@@ -256,5 +261,24 @@ def load_extensions(pm: pluggy.PluginManager, config: Config) -> list[PluginInfo
             info = PluginInfo(ep.name, PLUGINS_GROUP, dist, version, error=f"{type(exc).__name__}: {exc}")
             broken.append(info)
             warnings.warn(f"plait plugin {ep.name!r} ({dist} {version}) was not loaded: {info.error}", stacklevel=3)
+    return broken
+
+
+def load_all(pm: pluggy.PluginManager, disabled: Sequence[str] = ()) -> list[PluginInfo]:
+    """Register every installed plugin of every group, as the ``plait`` command line needs (for the
+    commands, flags and questions plugins add). Nothing is selected: backends decline for other names.
+
+    :return: the plugins that failed to load or register, which are skipped (never fatal).
+    """
+    broken: list[PluginInfo] = []
+    for group in GROUPS:
+        for ep in entry_points(group):
+            if ep.name in disabled:
+                continue
+            try:
+                register(pm, _load(ep), name=f"{group}:{ep.name}")
+            except Exception as exc:  # a broken plugin is reported by the caller, never fatal
+                dist, version = _distribution(ep)
+                broken.append(PluginInfo(ep.name, group, dist, version, error=f"{type(exc).__name__}: {exc}"))
     return broken
 

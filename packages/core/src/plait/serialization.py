@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import torch
 
+from plait._files import atomic_write
 from plait.errors import CheckpointError
 
 ALIASES_KEY = "plait_aliases"
@@ -189,19 +189,6 @@ def shard_state_dict(tensors: Mapping[str, torch.Tensor], max_bytes: int) -> lis
         shards[-1][name] = tensor
         size += nbytes
     return shards
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(temporary_path)``, then rename the result onto ``path``: readers never see half a file."""
-    import uuid
-
-    temporary = path.with_name(f".{path.name}.plait-tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 def save_model_files(

@@ -104,3 +104,30 @@ def run_script(
             f"\n--- stderr ---\n{result.stderr[-6000:]}"
         )
     return result
+
+
+def install_plugins(
+    sources: Sequence[str | os.PathLike[str]], target: str | os.PathLike[str], build_root: str | os.PathLike[str]
+) -> subprocess.Popen[str]:
+    """Start installing plugin distributions for real, offline: ``pip install --no-deps --no-index --target``.
+
+    Put ``target`` on ``sys.path`` (or ``PYTHONPATH`` for subprocesses) and plait finds
+    the plugins through their entry points, as it finds any installed package's.
+    Each source directory is copied under ``build_root`` first (setuptools writes
+    ``build/`` next to the sources). Wait for the returned process; its output says
+    what failed.
+    """
+    import shutil
+    from pathlib import Path
+
+    copies = []
+    for source in map(Path, sources):
+        copy = Path(build_root) / source.name
+        shutil.copytree(source, copy)
+        copies.append(str(copy))
+    command = [
+        sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+        "--no-deps", "--no-build-isolation", "--no-index", "--target", os.fspath(target), *copies,
+    ]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+

@@ -9,11 +9,11 @@ hook bodies only.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from plait import hookimpl
-from plait_ddp.options import DDPOptions
+from plait_ddp.options import COMM_HOOKS, DDPOptions
 
 if TYPE_CHECKING:
     import torch
@@ -66,3 +66,39 @@ def plait_env_report() -> list[tuple[str, str]]:
         return [("plait-ddp process-group backends", ", ".join(backends) or "none")]
     except Exception as exc:  # a report line, never a crash
         return [("plait-ddp", f"torch.distributed unavailable ({exc})")]
+
+
+@hookimpl
+def plait_launch_options() -> dict[str, list[Any]]:
+    import click
+
+    return {
+        NAME: [
+            click.Option(["--ddp-find-unused-parameters/--no-ddp-find-unused-parameters", "find_unused_parameters"],
+                         default=None, help="ddp: allow parameters that get no gradient in a step."),
+            click.Option(["--ddp-bucket-cap-mb", "bucket_cap_mb"], type=click.FloatRange(min=0, min_open=True),
+                         default=None, help="ddp: gradient bucket size in MB."),
+            click.Option(["--ddp-gradient-as-bucket-view/--no-ddp-gradient-as-bucket-view", "gradient_as_bucket_view"],
+                         default=None, help="ddp: gradients are views into the buckets (saves memory)."),
+            click.Option(["--ddp-static-graph/--no-ddp-static-graph", "static_graph"], default=None,
+                         help="ddp: the graph is the same every step."),
+            click.Option(["--ddp-broadcast-buffers/--no-ddp-broadcast-buffers", "broadcast_buffers"], default=None,
+                         help="ddp: copy rank 0's buffers to every rank before each forward."),
+            click.Option(["--ddp-comm-hook", "comm_hook"], type=click.Choice(COMM_HOOKS), default=None,
+                         help="ddp: all-reduce gradients compressed to fp16 or bf16."),
+        ]
+    }
+
+
+@hookimpl
+def plait_config_questions(backend: str, ask: Callable[..., Any]) -> dict[str, Any] | None:
+    if backend != NAME:
+        return None
+    section: dict[str, Any] = {}
+    if ask("ddp: do some parameters get no gradient in some steps (find_unused_parameters)?", default=False, type=bool):
+        section["find_unused_parameters"] = True
+    comm_hook = ask("ddp: compress gradients for the all-reduce?", default="no", choices=list(COMM_HOOKS))
+    if comm_hook != "no":
+        section["comm_hook"] = comm_hook
+    return section
+

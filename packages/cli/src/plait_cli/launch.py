@@ -1,0 +1,345 @@
+"""``plait launch``: resolve and check the config, then run PyTorch's elastic launcher in this process.
+
+Everything a user can get wrong (a missing script, ``--num-processes 0``, a backend
+that is not installed, a bad backend option) is refused here, before any process
+starts. The workers receive the resolved config as ``PLAIT_*`` variables
+(:meth:`plait.config.Config.to_environ`). A backend may own launching
+(``plait_launch``); otherwise ``torch.distributed.run`` (torchrun's agent) runs the
+job: rendezvous, restarts, multi-node, and Ctrl-C stopping every worker.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import pluggy
+
+#: Flags that set top-level config keys, by parameter name.
+CONFIG_FLAGS = (
+    "num_processes", "num_machines", "machine_rank", "main_process_ip", "main_process_port",
+    "mixed_precision", "backend", "gradient_accumulation_steps", "cpu",
+)
+_SECTION_PREFIX = "section__"
+
+
+class Flag(click.Option):
+    """An option that also accepts HF Accelerate's underscore spelling (``--num_processes``), unlisted in help."""
+
+    def __init__(self, decls: Sequence[str], **kwargs: Any) -> None:
+        extra = [d.replace("-", "_").replace("__", "--", 1) for d in decls if d.startswith("--") and "-" in d[2:]]
+        super().__init__([*decls, *extra], **kwargs)
+        self._shown = [d for d in self.opts if d not in extra]
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        opts, self.opts = self.opts, self._shown
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = opts
+
+
+def _core_params() -> list[click.Parameter]:
+    return [
+        Flag(["--num-processes"], type=int, default=None,
+             help="Processes in all, across machines (default: the config's, else one per GPU, else 1)."),
+        Flag(["--num-machines"], type=int, default=None, help="Machines in the job (default 1)."),
+        Flag(["--machine-rank"], type=int, default=None, help="This machine's rank, 0 to num_machines-1."),
+        Flag(["--main-process-ip"], default=None, help="Address of machine 0 (multi-machine jobs)."),
+        Flag(["--main-process-port"], type=int, default=None, help="Port on machine 0 (default 29500)."),
+        Flag(["--rdzv-backend"], type=click.Choice(["static", "c10d"]), default="static", show_default=True,
+             help="Rendezvous: static (fixed machine ranks) or c10d (elastic)."),
+        Flag(["--max-restarts"], type=click.IntRange(min=0), default=0, show_default=True,
+             help="Restart the workers this many times after a failure."),
+        Flag(["--monitor-interval"], type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+             help="Seconds between checks of the workers' state."),
+        Flag(["--mixed-precision"], type=click.Choice(["no", "fp16", "bf16"]), default=None),
+        Flag(["--backend"], default=None, help="The backend to run (single, ddp, or an installed plugin's)."),
+        Flag(["--gradient-accumulation-steps"], type=int, default=None),
+        Flag(["--config-file"], type=click.Path(dir_okay=False), default=None,
+             help="Config file (default: $XDG_CONFIG_HOME/plait/default_config.yaml, if present)."),
+        Flag(["--cpu"], is_flag=True, default=None, help="Run on CPU even if GPUs are present."),
+        Flag(["--gpu-ids"], default=None, help="Comma-separated GPU ids this machine uses (CUDA_VISIBLE_DEVICES)."),
+        Flag(["--log-dir"], type=click.Path(file_okay=False), default=None,
+             help="Write each worker's stdout/stderr under this directory."),
+        Flag(["--tee"], default=None, help="Also copy worker output to the console: 0 none, 1 stdout, 2 stderr, 3 both "
+             "(needs --log-dir), or per rank as 0:3,1:1."),
+        click.Option(["-m", "--module"], is_flag=True, help="SCRIPT is a module name, run as `python -m SCRIPT`."),
+        click.Argument(["script"]),
+        click.Argument(["script_args"], nargs=-1, type=click.UNPROCESSED),
+    ]
+
+
+def plugin_options(pm: pluggy.PluginManager) -> list[tuple[str, click.Option]]:
+    """``(section, option)`` for every flag the installed plugins add (``plait_launch_options``)."""
+    found: list[tuple[str, click.Option]] = []
+    for contribution in pm.hook.plait_launch_options():
+        for section, options in (contribution or {}).items():
+            found.extend((section, option) for option in options)
+    return found
+
+
+def build_launch_command(pm: pluggy.PluginManager) -> click.Command:
+    """The ``launch`` command, with core's flags and those of every installed plugin."""
+    params = _core_params()
+    taken = {opt for param in params for opt in getattr(param, "opts", [])}
+    sections: dict[str, tuple[str, str]] = {}
+    for section, option in plugin_options(pm):
+        if taken & set(option.opts):
+            print(f"plait: ignoring launch flag {'/'.join(option.opts)} of section {section!r}: already defined",
+                  file=sys.stderr)
+            continue
+        taken.update(option.opts)
+        key = option.name or ""
+        option.name = f"{_SECTION_PREFIX}{section}__{key}"
+        sections[option.name] = (section, key)
+        params.insert(len(params) - 3, option)
+
+    def callback(**values: Any) -> None:
+        section_values: dict[str, dict[str, Any]] = {}
+        for name, (section, key) in sections.items():
+            value = values.pop(name)
+            if value is not None:
+                section_values.setdefault(section, {})[key] = value
+        request = LaunchRequest(
+            flags={key: values[key] for key in CONFIG_FLAGS if values[key] is not None},
+            sections=section_values,
+            script=values["script"],
+            script_args=tuple(values["script_args"]),
+            module=values["module"],
+            config_file=values["config_file"],
+            rdzv_backend=values["rdzv_backend"],
+            max_restarts=values["max_restarts"],
+            monitor_interval=values["monitor_interval"],
+            gpu_ids=values["gpu_ids"],
+            log_dir=values["log_dir"],
+            tee=values["tee"],
+        )
+        state = click.get_current_context().obj
+        plan = make_plan(request, state.pm, os.environ)
+        sys.exit(execute(plan, state.pm))
+
+    return click.Command(
+        "launch",
+        params=params,
+        callback=callback,
+        help=(
+            "Run SCRIPT [ARGS] on every process of the job (`-m module` for a module). Flags override the config "
+            "file; the resolved config reaches the workers as PLAIT_* variables. Uses torch.distributed.run "
+            "(torchrun's elastic agent); under SLURM run it once per node: `srun --ntasks-per-node=1 plait launch ...`."
+        ),
+        short_help="Run a training script on every process of the job.",
+        context_settings={"allow_interspersed_args": False},
+    )
+
+
+@dataclass
+class LaunchRequest:
+    """What the user asked for on the command line."""
+
+    script: str
+    script_args: tuple[str, ...] = ()
+    flags: dict[str, Any] = field(default_factory=dict)
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    module: bool = False
+    config_file: str | None = None
+    rdzv_backend: str = "static"
+    max_restarts: int = 0
+    monitor_interval: float = 0.1
+    gpu_ids: str | None = None
+    log_dir: str | None = None
+    tee: str | None = None
+
+
+@dataclass
+class LaunchPlan:
+    """A checked launch: the config the workers get, torchrun's arguments, the environment to add."""
+
+    config: Any
+    command: list[str]
+    torchrun_args: list[str]
+    env: dict[str, str]
+    nproc_per_node: int
+
+
+def _fail(message: str) -> click.UsageError:
+    return click.UsageError(message + "; nothing was started")
+
+
+def make_plan(request: LaunchRequest, pm: pluggy.PluginManager, environ: Mapping[str, str]) -> LaunchPlan:
+    """Resolve and check everything; raise ``click.UsageError`` (naming the value, what was expected and
+    what to do) before any process starts."""
+    from plait.config import resolve_config
+    from plait.errors import PlaitError
+    from plait.launcher_env import slurm_machines
+    from plait.plugins import BACKENDS_GROUP, installed_backends, selection_error
+
+    for key in ("num_processes", "num_machines", "gradient_accumulation_steps"):
+        value = request.flags.get(key)
+        if value is not None and value < 1:
+            raise _fail(f"--{key.replace('_', '-')} {value} is not valid: expected a whole number of at least 1")
+    environ = dict(environ)
+    if request.config_file is not None:
+        if not Path(request.config_file).is_file():
+            raise _fail(f"--config-file {request.config_file!r} does not exist: pass a YAML file (`plait config` writes one)")
+        environ["PLAIT_CONFIG_FILE"] = request.config_file
+    arguments: dict[str, Any] = dict(request.flags)
+    if request.sections:
+        arguments["sections"] = request.sections
+    try:
+        slurm = slurm_machines(environ)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    if slurm is not None and "num_machines" not in arguments and "machine_rank" not in arguments:
+        for key, value in slurm.items():
+            arguments.setdefault(key, value)
+    if request.gpu_ids and request.gpu_ids != "all" and "num_processes" not in arguments:
+        arguments["num_processes"] = len(request.gpu_ids.split(",")) * int(arguments.get("num_machines", 1))
+    try:
+        config = resolve_config(arguments, environ, installed_backends())
+    except PlaitError as exc:
+        raise _fail(str(exc)) from None
+
+    num_processes = config.num_processes
+    if "num_processes" not in arguments and not _configured(config, "num_processes", environ):
+        num_processes = max(1, _local_gpus(config)) * config.num_machines
+    if num_processes % config.num_machines:
+        raise _fail(
+            f"--num-processes {num_processes} is not a multiple of --num-machines {config.num_machines}: "
+            f"every machine runs the same number of processes"
+        )
+    backend = config.backend or ("ddp" if num_processes > 1 else "single")
+    problem = selection_error(BACKENDS_GROUP, backend, config.disable_plugins)
+    if problem is not None:
+        why = "" if config.backend else f" (--num-processes {num_processes} runs the ddp backend by default)"
+        raise _fail(f"{problem}{why}")
+    try:  # the backend checks its own section now rather than in every worker
+        pm.hook.plait_backend_options(backend=backend, options=dict(config.section(backend)))
+    except PlaitError as exc:
+        raise _fail(str(exc)) from None
+    if config.num_machines > 1 and not config.main_process_ip:
+        raise _fail(
+            f"--num-machines {config.num_machines} needs --main-process-ip: the address of machine 0, "
+            f"the same on every machine"
+        )
+    command = _command(request)
+    config = _replace(config, backend=backend, num_processes=num_processes)
+    env = config.to_environ()
+    if request.gpu_ids and request.gpu_ids != "all":
+        env["CUDA_VISIBLE_DEVICES"] = request.gpu_ids
+    nproc = num_processes // config.num_machines
+    return LaunchPlan(config, command, _torchrun_args(request, config, nproc), env, nproc)
+
+
+def _configured(config: Any, key: str, environ: Mapping[str, str]) -> bool:
+    """Whether ``key`` was set by the environment or the config file (rather than left at its default)."""
+    if f"PLAIT_{key.upper()}" in environ:
+        return True
+    if not config.config_file:
+        return False
+    from plait.config_file import parse_yaml
+
+    data, _ = parse_yaml(Path(config.config_file))
+    return key in data
+
+
+def _local_gpus(config: Any) -> int:
+    if config.cpu:
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _replace(config: Any, **changes: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
+
+
+def _command(request: LaunchRequest) -> list[str]:
+    if request.module:
+        try:
+            found = importlib.util.find_spec(request.script) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise _fail(f"module {request.script!r} was not found on this Python's path ({sys.executable})")
+        return ["-m", request.script, *request.script_args]
+    if not Path(request.script).is_file():
+        raise _fail(
+            f"script {request.script!r} does not exist (working directory {os.getcwd()}); "
+            f"pass a Python file, or -m for a module"
+        )
+    return [request.script, *request.script_args]
+
+
+def _torchrun_args(request: LaunchRequest, config: Any, nproc: int) -> list[str]:
+    args = [
+        "--nnodes", str(config.num_machines),
+        "--nproc-per-node", str(nproc),
+        "--node-rank", str(config.machine_rank),
+        "--max-restarts", str(request.max_restarts),
+        "--monitor-interval", str(request.monitor_interval),
+    ]
+    port = config.main_process_port
+    if request.rdzv_backend == "c10d":
+        endpoint = f"{config.main_process_ip or 'localhost'}:{port if port is not None else 29500}"
+        if config.num_machines == 1 and port is None:
+            endpoint = "localhost:0"
+        args += ["--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", os.environ.get("SLURM_JOB_ID", "plait")]
+    elif config.num_machines > 1 or port is not None:
+        args += ["--rdzv-backend", "static", "--master-addr", config.main_process_ip or "127.0.0.1",
+                 "--master-port", str(port if port is not None else 29500)]
+    # One machine and no port: torchrun's c10d rendezvous on a free local port.
+    if request.log_dir is not None:
+        args += ["--log-dir", request.log_dir]
+    if request.tee is not None:
+        _check_tee(request.tee)
+        args += ["--tee", request.tee]
+    if request.module:
+        args.append("--module")
+    return [*args, request.script, *request.script_args]
+
+
+def _check_tee(tee: str) -> None:
+    from torch.distributed.elastic.multiprocessing import Std
+
+    try:
+        Std.from_str(tee)
+    except ValueError:
+        raise _fail(f"--tee {tee!r} is not valid: expected 0, 1, 2 or 3, or per local rank as 0:3,1:1") from None
+
+
+def execute(plan: LaunchPlan, pm: pluggy.PluginManager) -> int:
+    """Run the job; return its exit code (the first failed worker's, 128+N for a signal N)."""
+    os.environ.update(plan.env)
+    owned = pm.hook.plait_launch(config=plan.config, command=plan.command)
+    if owned is not None:
+        return int(owned)
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    arguments = get_args_parser().parse_args(plan.torchrun_args)
+    try:
+        run(arguments)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        print(f"plait launch: worker rank {rank} failed with exit code {failure.exitcode}\n{exc.format_msg()}",
+              file=sys.stderr)
+        code = failure.exitcode
+        return 128 - code if code < 0 else (code or 1)
+    except SignalException as exc:
+        print(f"plait launch: stopped by {exc.sigval.name}; every worker was stopped", file=sys.stderr)
+        return 128 + int(exc.sigval)
+    except KeyboardInterrupt:
+        return 130
+    return 0

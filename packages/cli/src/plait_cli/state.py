@@ -1,0 +1,35 @@
+"""What every ``plait`` command shares: one plugin manager with every installed plugin registered."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+
+import pluggy
+
+from plait.config import disabled_plugins
+from plait.plugins import PluginInfo, load_all, new_manager
+
+
+@dataclass
+class CliState:
+    """The command line's plugin manager: core's defaults plus every installed, unblocked plugin."""
+
+    pm: pluggy.PluginManager
+    broken: list[PluginInfo] = field(default_factory=list)
+    disabled: tuple[str, ...] = ()
+
+    @classmethod
+    def load(cls) -> CliState:
+        disabled = disabled_plugins(os.environ)
+        pm = new_manager()
+        return cls(pm=pm, broken=load_all(pm, disabled), disabled=disabled)
+
+    def warn_broken(self) -> None:
+        """One line on stderr per plugin that failed to load (``plait plugins`` shows the details)."""
+        for info in self.broken:
+            print(
+                f"plait: plugin {info.name!r} ({info.distribution} {info.version}) was not loaded: {info.error}",
+                file=sys.stderr,
+            )
