@@ -102,10 +102,11 @@ def questionnaire(state: CliState) -> dict[str, Any]:
     from plait.plugins import installed_backends, installed_trackers
 
     gpus = gpu_count()
-    backends = list(installed_backends())
+    unusable = {info.name for info in state.broken} | set(state.disabled)
+    backends = [name for name in installed_backends() if name not in unusable]
     default_backend = "ddp" if "ddp" in backends and gpus > 1 else "single"
     values: dict[str, Any] = {}
-    values["backend"] = ask(f"Which backend ({', '.join(backends)})?", default=default_backend, choices=backends)
+    values["backend"] = ask("Which backend?", default=default_backend, choices=backends)
     values["cpu"] = gpus > 0 and ask("Run on CPU only, although GPUs are present?", default=False, type=bool)
     if values["backend"] == "single":
         values["num_processes"] = 1
@@ -124,8 +125,7 @@ def questionnaire(state: CliState) -> dict[str, Any]:
     values["gradient_accumulation_steps"] = ask("Gradient accumulation steps?", default=1, type=click.IntRange(min=1))
     trackers = installed_trackers()
     if trackers:
-        answer = ask(f"Log with which trackers ({', '.join(trackers)}; comma-separated, 'none' for none)?",
-                     default="none")
+        answer = ask(f"Log with which trackers ({', '.join(trackers)}; comma-separated, or none)?", default="none")
         names = [name.strip() for name in answer.split(",") if name.strip() and name.strip() != "none"]
         unknown = [name for name in names if name not in trackers]
         if unknown:

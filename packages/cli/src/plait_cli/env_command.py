@@ -46,7 +46,7 @@ def env(state: CliState, config_file: str | None) -> None:
     lines: list[tuple[str, str]] = []
     for report in state.pm.hook.plait_env_report(config=config or Config()):
         lines.extend(report or [])
-    lines.extend(plait_distributions())
+    lines.append(("plait distributions", ", ".join(f"{name} {version}" for name, version in plait_distributions())))
     for info in state.broken:
         lines.append((f"plugin {info.name}", f"BROKEN: {info.error}"))
     if state.disabled:

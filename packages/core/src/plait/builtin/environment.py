@@ -62,7 +62,37 @@ def plait_process_environment(config: Config) -> ProcessEnvironment:
             world_size=environment.world_size,
         )
         _STARTED_GROUP = True
+        import atexit
+
+        atexit.register(_finish_group)  # even when no Accelerator is left to shut down at exit
     return environment
+
+
+def _finish_group() -> None:
+    """Destroy the process group this module started, then let its worker threads finish.
+
+    After a gloo collective returns, its worker thread still drops its own references to
+    the tensors; when that is the last reference to a Python tensor it needs the GIL, and
+    if the interpreter is already finalizing, the process aborts ("terminate called without
+    an active exception"). A group still referenced (by a DistributedDataParallel model)
+    keeps its threads after it is destroyed, so wait a moment without the GIL for them.
+    No collective here: a process that failed must not wait for the others at its exit.
+    """
+    global _STARTED_GROUP
+    if not _STARTED_GROUP:
+        return
+    _STARTED_GROUP = False
+    import time
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    time.sleep(_THREAD_GRACE_SECONDS)
+
+
+#: How long the group's worker threads get, without the GIL, to release the last collectives' tensors.
+_THREAD_GRACE_SECONDS = 0.05
 
 
 @hookimpl(trylast=True)
@@ -90,11 +120,5 @@ def plait_distributed_type(accelerator: Accelerator) -> str:
 
 @hookimpl(trylast=True)
 def plait_shutdown(accelerator: Accelerator) -> bool:
-    global _STARTED_GROUP
-    if _STARTED_GROUP:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        _STARTED_GROUP = False
+    _finish_group()
     return True
