@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "core", "ddp", "trackers", "all"]
+nox.options.sessions = ["lint", "core", "ddp", "cli", "fsdp", "trackers", "all"]
 nox.options.reuse_existing_virtualenvs = True
 
 CONSTRAINTS = ("-c", "constraints.txt")
@@ -32,6 +32,21 @@ def ddp(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11")
+def cli(session: nox.Session) -> None:
+    """Core, ddp and plait-cli: the `plait` console script run as a user runs it, launching real gloo jobs."""
+    session.install(*CONSTRAINTS, "-e", "packages/core", "-e", "packages/ddp", "-e", "packages/cli", "pytest")
+    session.run("pytest", "tests/cli", *session.posargs)
+
+
+@nox.session(python="3.11")
+def fsdp(session: nox.Session) -> None:
+    """Core plus the fsdp backend: FSDP2 on real processes over gloo, checked against ddp (installed as the
+    oracle); click drives the CLI hooks through a real click.Group."""
+    session.install(*CONSTRAINTS, "-e", "packages/core", "-e", "packages/ddp", "-e", "packages/fsdp", "pytest", "click")
+    session.run("pytest", "tests/fsdp", *session.posargs)
+
+
+@nox.session(python="3.11")
 def trackers(session: nox.Session) -> None:
     """Core plus plait-trackers with TensorBoard, wandb and Comet, all offline, read back from their files.
 
@@ -44,14 +59,16 @@ def trackers(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def all(session: nox.Session) -> None:
     """Every package installed together: the core and tracker suites must still hold with all plugins present."""
-    session.install(*CONSTRAINTS, "-e", "packages/core", "-e", "packages/ddp", *TRACKERS, "pytest", "click", "pillow")
+    session.install(*CONSTRAINTS, "-e", "packages/core", "-e", "packages/ddp", "-e", "packages/cli", "-e", "packages/fsdp",
+                    *TRACKERS, "pytest", "pillow")
     session.run("pytest", "tests/core", "tests/trackers", *session.posargs)
 
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     """ruff over everything, mypy over the packages."""
-    session.install(*CONSTRAINTS, "ruff", "mypy", "types-PyYAML", "-e", "packages/core", "-e", "packages/ddp", *TRACKERS)
+    session.install(*CONSTRAINTS, "ruff", "mypy", "types-PyYAML", "-e", "packages/core", "-e", "packages/ddp",
+                    "-e", "packages/cli", "-e", "packages/fsdp", *TRACKERS)
     session.run("ruff", "check", ".")
     session.run("mypy")
 
@@ -60,7 +77,9 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks against raw PyTorch and HF Accelerate; results in benchmarks/results/."""
     session.install(*CONSTRAINTS, "-e", "packages/core", "-e", "packages/ddp", "-e", "packages/trackers[tensorboard]",
-                    "accelerate")
+                    "-e", "packages/cli", "-e", "packages/fsdp", "accelerate")
     session.run("python", "benchmarks/run.py", *session.posargs)
     session.run("python", "benchmarks/ddp.py", *session.posargs)
     session.run("python", "benchmarks/trackers_log.py")
+    session.run("python", "benchmarks/cli.py", *session.posargs)
+    session.run("python", "benchmarks/fsdp.py", *session.posargs)

@@ -17,10 +17,10 @@ if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
 from cli_helpers import SCRIPTS, free_port, plait, read_report, start_plait
-from plait_cli.launch import LaunchRequest, make_plan
-from plait_cli.state import CliState
 
 from plait.config import resolve_config
+from plait_cli.launch import LaunchRequest, make_plan
+from plait_cli.state import CliState
 
 TRAIN = str(SCRIPTS / "train.py")
 MARKER = str(SCRIPTS / "marker.py")

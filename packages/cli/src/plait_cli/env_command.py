@@ -13,7 +13,7 @@ def plait_distributions() -> list[tuple[str, str]]:
     """Every installed distribution named ``plait`` or ``plait-*``, with its version."""
     found: dict[str, str] = {}
     for dist in metadata.distributions():
-        name = dist.metadata.get("Name") or ""
+        name = dist.metadata["Name"] or ""
         if name == "plait" or name.startswith("plait-"):
             found.setdefault(name, dist.version)
     return sorted(found.items())
@@ -44,7 +44,7 @@ def env(state: CliState, config_file: str | None) -> None:
         problem = str(exc)
 
     lines: list[tuple[str, str]] = []
-    for report in state.pm.hook.plait_env_report(config=config or Config()):
+    for report in reversed(state.pm.hook.plait_env_report(config=config or Config())):  # core first
         lines.extend(report or [])
     lines.append(("plait distributions", ", ".join(f"{name} {version}" for name, version in plait_distributions())))
     for info in state.broken:

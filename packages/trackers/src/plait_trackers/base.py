@@ -90,6 +90,15 @@ class PluginTracker(GeneralTracker):
         self.finish()
 
     @hookimpl
+    def plait_env_report(self) -> list[tuple[str, str]]:
+        from importlib import metadata
+
+        try:
+            return [(f"{self.name} tracker ({self.library})", metadata.version(self.library))]
+        except metadata.PackageNotFoundError:
+            return [(f"{self.name} tracker ({self.library})", f"not installed: pip install plait[{self.extra}]")]
+
+    @hookimpl
     def plait_tracker_get(self, name: str, unwrap: bool) -> Any:
         if name != self.name:
             return None

@@ -1,0 +1,279 @@
+"""plait backend ``fsdp``: PyTorch FSDP2 (``fully_shard``). Only what differs from core's defaults.
+
+Core starts the process group (nccl on CUDA, gloo on CPU), shards dataloaders, runs
+collectives and precision. This module shards models (:mod:`plait_fsdp.sharding`),
+re-binds optimizers built before ``prepare``, skips gradient sync during accumulation,
+clips by the global norm over shards, and saves and loads sharded state
+(:mod:`plait_fsdp.state`). With one process the model is not wrapped (there is nothing
+to shard over) and checkpoints are still written in the sharded format.
+
+torch and click are imported inside hook bodies only: listing plugins must stay fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+from plait import hookimpl
+from plait_fsdp.options import FSDPOptions
+
+if TYPE_CHECKING:
+    import click
+    import torch
+
+    from plait.accelerator import Accelerator
+    from plait.checkpoint import CheckpointWriter
+    from plait.config import Config
+    from plait.precision import Precision
+
+NAME = "fsdp"
+__all__ = ["FSDPOptions", "meta_device_unless_main"]
+
+
+def _mine(accelerator: Accelerator) -> bool:
+    return accelerator.backend == NAME
+
+
+def _sharded(model: Any) -> bool:
+    from plait_fsdp.state import is_sharded
+
+    return is_sharded(model)
+
+
+def meta_device_unless_main(accelerator: Accelerator) -> AbstractContextManager[Any]:
+    """Build the model inside this context: on the main process for real, elsewhere on the meta device
+    (no memory), when ``cpu_ram_efficient_loading`` is on; ``prepare`` then broadcasts the main
+    process's weights. A no-op otherwise."""
+    options = accelerator.backend_options
+    if (isinstance(options, FSDPOptions) and options.cpu_ram_efficient_loading and accelerator.num_processes > 1
+            and not accelerator.is_main_process):
+        import torch
+
+        return torch.device("meta")
+    return contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------- #
+# environment, placement, wrapping
+# --------------------------------------------------------------------------- #
+
+
+@hookimpl
+def plait_backend_options(backend: str, options: Mapping[str, Any] | object) -> FSDPOptions | None:
+    if backend != NAME:
+        return None
+    return FSDPOptions.from_section(options)
+
+
+@hookimpl
+def plait_place_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module | None:
+    if not _mine(accelerator) or accelerator.num_processes == 1:
+        return None
+    options: FSDPOptions = accelerator.backend_options
+    if options.cpu_ram_efficient_loading or options.offload_params or any(p.is_meta for p in model.parameters()):
+        # Sharding moves each process's shard where it belongs; the full model never goes to the device
+        # (and meta weights cannot: sharding reports them on every process).
+        return model
+    return None
+
+
+@hookimpl
+def plait_wrap_model(accelerator: Accelerator, model: torch.nn.Module, evaluation_mode: bool) -> torch.nn.Module | None:
+    if not _mine(accelerator):
+        return None
+    if accelerator.num_processes == 1 or _sharded(model):
+        return model
+    from plait_fsdp.sharding import shard_model
+
+    return shard_model(accelerator, model, accelerator.backend_options)
+
+
+@hookimpl
+def plait_wrap_optimizer(accelerator: Accelerator, optimizer: torch.optim.Optimizer) -> None:
+    if _mine(accelerator):
+        from plait_fsdp.sharding import rebind_optimizer
+
+        rebind_optimizer(accelerator, optimizer)
+    return None  # core's default wraps it (accumulation, precision)
+
+
+@hookimpl
+def plait_precision(accelerator: Accelerator) -> Precision | None:
+    if not _mine(accelerator) or accelerator.mixed_precision != "fp16" or accelerator.num_processes == 1:
+        return None
+    import torch
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    from plait.precision import TorchAmpPrecision
+
+    # Each process sees only its shards of the gradients: an inf in one shard must skip the step
+    # everywhere, so the scaler all-reduces what it found (torch's GradScaler would not).
+    precision = TorchAmpPrecision(accelerator.device, torch.float16)
+    precision.scaler = ShardedGradScaler(accelerator.device.type)
+    return precision
+
+
+# --------------------------------------------------------------------------- #
+# sync
+# --------------------------------------------------------------------------- #
+
+
+class _NoGradientSync:
+    """Inside it, backward accumulates unsharded gradients locally (no reduce-scatter)."""
+
+    __slots__ = ("_model",)
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    def __enter__(self) -> None:
+        self._model.set_requires_gradient_sync(False)
+
+    def __exit__(self, *exc: object) -> None:
+        self._model.set_requires_gradient_sync(True)
+
+
+@hookimpl
+def plait_no_sync(accelerator: Accelerator, model: torch.nn.Module) -> AbstractContextManager[Any] | None:
+    if not _mine(accelerator):
+        return None
+    if _sharded(model):
+        return _NoGradientSync(model)
+    return contextlib.nullcontext()
+
+
+@hookimpl
+def plait_clip_grad_norm(
+    accelerator: Accelerator, parameters: Iterable[torch.Tensor], max_norm: float, norm_type: float
+) -> torch.Tensor | None:
+    if not _mine(accelerator) or accelerator.num_processes == 1:
+        return None
+    import torch
+    from torch.distributed.tensor import DTensor
+
+    parameters = list(parameters)
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not any(isinstance(g, DTensor) for g in grads):
+        return None
+    # Each process holds a shard of every gradient: the norm of the shards is reduced to the global one.
+    total = torch.nn.utils.get_total_norm(grads, norm_type)
+    if isinstance(total, DTensor):
+        total = total.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total)
+    return total
+
+
+# --------------------------------------------------------------------------- #
+# state saving
+# --------------------------------------------------------------------------- #
+
+
+def _model_of(accelerator: Accelerator, optimizer: Any) -> Any:
+    inner = getattr(optimizer, "optimizer", optimizer)
+    mine = {id(p) for group in inner.param_groups for p in group["params"]}
+    for model in accelerator._models:
+        if any(id(p) in mine for p in model.parameters()):
+            return model
+    from plait.errors import CheckpointError
+
+    raise CheckpointError(
+        f"the optimizer {type(inner).__name__} optimizes no parameter of a prepared model: the fsdp backend "
+        f"saves optimizer state by parameter name, so prepare its model with the same accelerator"
+    )
+
+
+@hookimpl
+def plait_save_model(accelerator: Accelerator, model: torch.nn.Module, writer: CheckpointWriter, index: int) -> bool | None:
+    if not _mine(accelerator):
+        return None
+    from plait_fsdp import state
+
+    state.save_model(accelerator, model, writer, index, accelerator.backend_options.sharded_state)
+    return True
+
+
+@hookimpl
+def plait_load_model(accelerator: Accelerator, model: torch.nn.Module, directory: str, index: int, strict: bool) -> bool | None:
+    if not _mine(accelerator):
+        return None
+    from plait_fsdp import state
+
+    state.load_model(accelerator, model, directory, index, strict)
+    return True
+
+
+@hookimpl
+def plait_save_optimizer(accelerator: Accelerator, optimizer: Any, writer: CheckpointWriter, index: int) -> bool | None:
+    if not _mine(accelerator):
+        return None
+    from plait_fsdp import state
+
+    model = _model_of(accelerator, optimizer)
+    state.save_optimizer(accelerator, model, optimizer, writer, index, accelerator.backend_options.sharded_state)
+    return True
+
+
+@hookimpl
+def plait_load_optimizer(accelerator: Accelerator, optimizer: Any, directory: str, index: int) -> bool | None:
+    if not _mine(accelerator):
+        return None
+    from plait_fsdp import state
+
+    state.load_optimizer(accelerator, _model_of(accelerator, optimizer), optimizer, directory, index)
+    return True
+
+
+@hookimpl
+def plait_get_state_dict(accelerator: Accelerator, model: torch.nn.Module, unwrap: bool) -> dict[str, Any] | None:
+    """Consolidated weights on the main process; the other processes take part and get ``{}``."""
+    if not _sharded(model):
+        return None
+    from plait_fsdp.state import full_state_dict
+
+    return full_state_dict(model)
+
+
+# --------------------------------------------------------------------------- #
+# cli
+# --------------------------------------------------------------------------- #
+
+
+@hookimpl
+def plait_cli_commands(cli: click.Group) -> None:
+    from plait_fsdp.cli import fsdp_group
+
+    cli.add_command(fsdp_group())
+
+
+@hookimpl
+def plait_launch_options() -> Mapping[str, Sequence[click.Option]]:
+    from plait_fsdp.cli import launch_options
+
+    return {NAME: launch_options()}
+
+
+@hookimpl
+def plait_config_questions(backend: str, ask: Callable[..., Any]) -> dict[str, Any] | None:
+    if backend != NAME:
+        return None
+    from plait_fsdp.cli import ask_questions
+
+    return ask_questions(ask)
+
+
+@hookimpl
+def plait_env_report(config: Config) -> list[tuple[str, str]]:
+    try:
+        from importlib import metadata
+
+        import torch.distributed as dist
+        from torch.distributed.fsdp import fully_shard  # noqa: F401
+
+        version = metadata.version("plait-fsdp")
+        return [("plait-fsdp", f"{version}, FSDP2 fully_shard available, distributed "
+                               f"{'available' if dist.is_available() else 'unavailable'}")]
+    except Exception as exc:  # a report line, never a crash
+        return [("plait-fsdp", f"FSDP2 unavailable ({type(exc).__name__}: {exc})")]
