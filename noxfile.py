@@ -41,8 +41,9 @@ def cli(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def fsdp(session: nox.Session) -> None:
     """Core plus the fsdp backend: FSDP2 on real processes over gloo, checked against ddp (installed as the
-    oracle); click drives the CLI hooks through a real click.Group."""
-    session.install(*CONSTRAINTS, "-e", "packages/core", "-e", "packages/ddp", "-e", "packages/fsdp", "pytest", "click")
+    oracle); plait-cli for `plait fsdp merge-weights` and `plait test --backend fsdp`."""
+    session.install(*CONSTRAINTS, "-e", "packages/core", "-e", "packages/ddp", "-e", "packages/fsdp", "-e", "packages/cli",
+                    "pytest")
     session.run("pytest", "tests/fsdp", *session.posargs)
 
 

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import click
 import fsdp_workers as W
 import pytest
 import torch
@@ -91,15 +90,14 @@ def test_mismatching_shapes_name_the_first_key(saved: tuple[Path, list[dict[str,
 
 
 def test_merge_weights_function_and_command(saved: tuple[Path, list[dict[str, Any]]], tmp_path: Path) -> None:
-    import plait_fsdp
+    from plait_cli.main import build_cli
     from plait_fsdp.merge import merge_weights
 
     root, (rank0, _) = saved
     written = merge_weights(root / "sharded", tmp_path / "merged.safetensors")
     assert identical(load_file(str(written)), rank0["sharded_at_10"])
 
-    cli = click.Group("plait")
-    plait_fsdp.plait_cli_commands(cli)
+    cli = build_cli()  # the real `plait` group: plait-fsdp adds `plait fsdp` through its entry point
     runner = CliRunner()
     result = runner.invoke(cli, ["fsdp", "merge-weights", str(root / "sharded"), str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
