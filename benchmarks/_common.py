@@ -251,3 +251,17 @@ def serve(channel: Channel, handlers: Mapping[str, Any], ready: Mapping[str, Any
     for command in channel.commands():
         op = command.pop("op")
         channel.send(handlers[op](**command))
+
+
+# ---------------------------------------------------------------------------- launching
+def torchrun(script: Path, args: Sequence[str], env: Mapping[str, str], timeout: float = 1800) -> None:
+    """Run ``script`` on 2 processes under ``python -m torch.distributed.run --standalone``; raise with its
+    output if it fails."""
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               str(script), *args]
+    result = subprocess.run(command, env=dict(env), capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+

@@ -144,17 +144,25 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def check_compatible(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, strict: bool) -> None:
     """Raise, before anything is copied, if ``state`` does not fit ``model``, naming the first bad key."""
-    expected = model.state_dict()
-    for key, reference in expected.items():  # the model's order, so "first" means first in the model
-        tensor = state.get(key)
-        if tensor is not None and tuple(reference.shape) != tuple(tensor.shape):
+    expected = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+    check_shapes(expected, {key: tuple(tensor.shape) for key, tensor in state.items()}, source, strict)
+
+
+def check_shapes(
+    expected: Mapping[str, tuple[int, ...]], saved: Mapping[str, tuple[int, ...]], source: str, strict: bool
+) -> None:
+    """Raise :class:`~plait.errors.CheckpointError` if the shapes ``saved`` in ``source`` do not fit the
+    model's ``expected`` ones (full, unsharded shapes), naming the first bad key in the model's order;
+    with ``strict``, missing and unexpected keys too. Backends call it before reading anything."""
+    for key, shape in expected.items():
+        if key in saved and tuple(saved[key]) != tuple(shape):
             raise CheckpointError(
-                f"{source}: key {key!r} has shape {tuple(tensor.shape)} but the model's is "
-                f"{tuple(reference.shape)}; nothing was loaded"
+                f"{source}: key {key!r} has shape {tuple(saved[key])} but the model's is {tuple(shape)}; "
+                f"nothing was loaded (build the model with the configuration that saved it)"
             )
     if strict:
-        missing = [k for k in expected if k not in state]
-        unexpected = [k for k in state if k not in expected]
+        missing = [k for k in expected if k not in saved]
+        unexpected = [k for k in saved if k not in expected]
         if missing or unexpected:
             raise CheckpointError(
                 f"{source} does not match the model: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}; "

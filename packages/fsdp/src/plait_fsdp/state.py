@@ -107,23 +107,11 @@ def _saved_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
 
 def _check_shapes(target: dict[str, Any], saved: dict[str, tuple[int, ...]], source: str, strict: bool) -> None:
     """Raise before anything is read if ``saved`` does not fit ``target``, naming the first bad key."""
-    for key, tensor in target.items():  # the model's order, so "first" is first in the model
-        if key in saved and tuple(tensor.shape) != saved[key]:
-            raise CheckpointError(
-                f"{source}: key {key!r} has shape {saved[key]} in the checkpoint but the model's is "
-                f"{tuple(tensor.shape)}; nothing was loaded (build the model with the configuration that saved it)"
-            )
-    if strict:
-        missing = [k for k in target if k not in saved]
-        unexpected = [k for k in saved if k not in target]
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{source} does not match the model: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}; "
-                f"nothing was loaded (pass strict=False to load what matches)"
-            )
+    from plait.serialization import check_shapes
+
+    check_shapes({key: tuple(tensor.shape) for key, tensor in target.items()}, saved, source, strict)
 
 
-# ---------------------------------------------------------------------------- models
 def save_model(accelerator: Any, model: nn.Module, writer: Any, index: int, sharded: bool) -> None:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
