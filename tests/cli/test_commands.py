@@ -55,8 +55,11 @@ def test_plugins_lists_every_plugin_with_distribution_version_hooks_and_status(p
 
     text = plait("plugins", site=plugin_site, env={"PLAIT_DISABLE_PLUGINS": "stamp"}).stdout
     assert "backends (plait.backends):" in text
-    assert "stamp  plait-stamp 1.2.3  disabled" in text
-    assert "broken  plait-broken" in text and "broken: ModuleNotFoundError" in text
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.startswith("  ") and "hooks:" not in line}
+    assert rows["stamp"][1:] == ["plait-stamp", "1.2.3", "disabled"]
+    assert rows["toy"][1:] == ["plait-toy", "0.4.0", "ok"]
+    assert rows["broken"][3:5] == ["broken:", "ModuleNotFoundError:"]
+    assert "hooks: backend_options, config_questions, launch, launch_options, precision" in text
 
 
 def test_a_plugin_adds_a_command_and_a_broken_plugin_does_not_break_the_command_line(plugin_site):

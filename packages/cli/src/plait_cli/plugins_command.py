@@ -20,12 +20,14 @@ def plugins(as_json: bool, include_builtin: bool) -> None:
     if as_json:
         click.echo(json.dumps([info.to_dict() for info in infos], indent=2))
         return
+    width = max((len(info.name) for info in infos), default=0)
+    source = max((len(f"{info.distribution} {info.version}") for info in infos), default=0)
     for group in GROUPS:
         members = [info for info in infos if info.group == group]
         click.echo(f"{GROUP_TITLES[group]} ({group}):")
         if not members:
             click.echo("  (none installed)")
         for info in members:
-            click.echo(f"  {info.name}  {info.distribution} {info.version}  {info.status}")
+            click.echo(f"  {info.name:<{width}}  {f'{info.distribution} {info.version}':<{source}}  {info.status}")
             if info.hooks:
-                click.echo(f"      hooks: {', '.join(info.hooks)}")
+                click.echo(f"  {'':<{width}}  hooks: {', '.join(hook.removeprefix('plait_') for hook in info.hooks)}")
