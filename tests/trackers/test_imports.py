@@ -21,7 +21,7 @@ def test_listing_plugins_imports_none_of_the_trackers_libraries() -> None:
         "trackers = {i.name: [i.status, i.hooks] for i in infos if i.group == 'plait.trackers'}\n"
         f"print(json.dumps({{'trackers': trackers, 'imported': [m for m in {HEAVY!r} if m in sys.modules]}}))"
     )
-    hooks = ["plait_tracker_finish", "plait_tracker_get", "plait_tracker_log", "plait_tracker_start"]
+    hooks = ["plait_env_report", "plait_tracker_finish", "plait_tracker_get", "plait_tracker_log", "plait_tracker_start"]
     assert seen["trackers"] == {name: ["ok", hooks] for name in ("comet_ml", "tensorboard", "wandb")}
     assert seen["imported"] == []
 
@@ -34,3 +34,13 @@ def test_a_library_is_imported_only_when_its_run_starts(tmp_path) -> None:
         "print(json.dumps({'imported': [m for m in ('tensorboard', 'wandb', 'comet_ml') if m in sys.modules]}))"
     )
     assert seen["imported"] == []
+
+
+def test_each_tracker_reports_its_library_version_for_plait_env() -> None:
+    from importlib import metadata
+
+    from plait.plugins import TRACKERS_GROUP, entry_points
+
+    for ep in entry_points(TRACKERS_GROUP):
+        tracker = ep.load()()
+        assert tracker.plait_env_report() == [(f"{ep.name} tracker ({tracker.library})", metadata.version(tracker.library))]
