@@ -7,13 +7,17 @@ Run all default sessions with ``nox``; one with ``nox -s core``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
-nox.options.sessions = ["lint", "core", "ddp", "cli", "fsdp", "trackers", "all"]
+nox.options.sessions = ["lint", "core", "ddp", "cli", "fsdp", "zero", "trackers", "all"]
 nox.options.reuse_existing_virtualenvs = True
 
 CONSTRAINTS = ("-c", "constraints.txt")
 TRACKERS = ("-e", "packages/trackers[tensorboard,wandb,comet]")
+#: DeepSpeed (plait-zero) builds from its sdist: the constraints apply inside pip's build environment too.
+PIP_CONSTRAINT = {"PIP_CONSTRAINT": str(Path("constraints.txt").resolve())}
 
 
 @nox.session(python="3.11")
@@ -48,6 +52,18 @@ def fsdp(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11")
+def zero(session: nox.Session) -> None:
+    """Core plus the zero backend (DeepSpeed ZeRO 1-3), with ddp as its oracle: real 2-process runs over gloo.
+
+    DeepSpeed builds from its sdist; PIP_CONSTRAINT gives pip's isolated build environment the same pins.
+    plait-cli drives the launch flags and `plait test --backend zero`.
+    """
+    session.install(*CONSTRAINTS, "-e", "packages/core", "-e", "packages/ddp", "-e", "packages/zero", "-e", "packages/cli",
+                    "pytest", env=PIP_CONSTRAINT)
+    session.run("pytest", "tests/zero", *session.posargs)
+
+
+@nox.session(python="3.11")
 def trackers(session: nox.Session) -> None:
     """Core plus plait-trackers with TensorBoard, wandb and Comet, all offline, read back from their files.
 
@@ -69,7 +85,7 @@ def all(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff over everything, mypy over the packages."""
     session.install(*CONSTRAINTS, "ruff", "mypy", "types-PyYAML", "-e", "packages/core", "-e", "packages/ddp",
-                    "-e", "packages/cli", "-e", "packages/fsdp", *TRACKERS)
+                    "-e", "packages/cli", "-e", "packages/fsdp", "-e", "packages/zero", *TRACKERS, env=PIP_CONSTRAINT)
     session.run("ruff", "check", ".")
     session.run("mypy")
 
@@ -78,9 +94,10 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks against raw PyTorch and HF Accelerate; results in benchmarks/results/."""
     session.install(*CONSTRAINTS, "-e", "packages/core", "-e", "packages/ddp", "-e", "packages/trackers[tensorboard]",
-                    "-e", "packages/cli", "-e", "packages/fsdp", "accelerate")
+                    "-e", "packages/cli", "-e", "packages/fsdp", "-e", "packages/zero", "accelerate", env=PIP_CONSTRAINT)
     session.run("python", "benchmarks/run.py", *session.posargs)
     session.run("python", "benchmarks/ddp.py", *session.posargs)
     session.run("python", "benchmarks/trackers_log.py")
     session.run("python", "benchmarks/cli.py", *session.posargs)
     session.run("python", "benchmarks/fsdp.py", *session.posargs)
+    session.run("python", "benchmarks/zero.py", *session.posargs)

@@ -1,0 +1,182 @@
+"""The ``zero:`` config section, validated once, and the user's DeepSpeed JSON it may name.
+
+Every key is the one core's HF Accelerate import maps ``deepspeed_config`` to
+(``zero_stage`` -> ``stage``, ``zero3_init_flag`` -> ``zero3_init``...). An option
+left at ``None`` is "not given": the DeepSpeed JSON's value, else the default, is
+used. No torch or deepspeed import here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from plait.errors import ConfigError, closest
+
+STAGES = (1, 2, 3)
+OFFLOAD_DEVICES = ("none", "cpu", "nvme")
+#: The stage used when neither the options nor the DeepSpeed JSON name one (HF Accelerate's default too).
+DEFAULT_STAGE = 2
+
+
+def _none_word(value: Any) -> Any:
+    """HF Accelerate writes ``none`` (or leaves ``""``) for an unset path or device."""
+    return None if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")) else value
+
+
+@dataclass(frozen=True)
+class ZeroOptions:
+    """Options of the ``zero`` backend (DeepSpeed ZeRO).
+
+    :param stage: 1 shards optimizer states, 2 also gradients, 3 also parameters
+        (default: the DeepSpeed JSON's, else 2).
+    :param offload_optimizer_device: ``"none"``, ``"cpu"`` or ``"nvme"``: where optimizer
+        states (and the optimizer step) live.
+    :param offload_param_device: ``"none"``, ``"cpu"`` or ``"nvme"``: where parameters
+        rest between uses (stage 3 only).
+    :param offload_optimizer_nvme_path: directory for ``nvme`` optimizer offload.
+    :param offload_param_nvme_path: directory for ``nvme`` parameter offload.
+    :param gradient_clipping: clip the gradient norm at this value in every step
+        (default: no clipping, as with every other backend; DeepSpeed alone would clip at 1.0).
+    :param zero3_init: build models under ``deepspeed.zero.Init`` (stage 3), see
+        :func:`plait_zero.zero3_init`.
+    :param save_16bit_model: DeepSpeed's ``stage3_gather_16bit_weights_on_model_save``.
+    :param config_file: a DeepSpeed JSON file (or its contents as a dict); ``"auto"``
+        values in it are filled from the Accelerator and the prepared dataloader.
+    """
+
+    stage: int | None = None
+    offload_optimizer_device: str | None = None
+    offload_param_device: str | None = None
+    offload_optimizer_nvme_path: str | None = None
+    offload_param_nvme_path: str | None = None
+    gradient_clipping: float | None = None
+    zero3_init: bool = False
+    save_16bit_model: bool = False
+    config_file: str | Mapping[str, Any] | None = None
+    #: The parsed DeepSpeed JSON (empty without ``config_file``); filled on creation.
+    user_config: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
+        stage = self.stage
+        if isinstance(stage, str) and stage.strip().isdigit():
+            stage = int(stage)
+        if stage is not None and (isinstance(stage, bool) or stage not in STAGES):
+            raise ConfigError(
+                f"zero option stage={self.stage!r} is not valid: expected 1, 2 or 3 (1 shards optimizer states, "
+                f"2 also gradients, 3 also parameters); set e.g. `zero: {{stage: 2}}` or --zero-stage 2"
+            )
+        set_("stage", stage)
+        for kind in ("optimizer", "param"):
+            device_key, path_key = f"offload_{kind}_device", f"offload_{kind}_nvme_path"
+            raw = getattr(self, device_key)
+            device = None if raw is None else (str(raw).strip().lower() or "none")
+            if device is not None and device not in OFFLOAD_DEVICES:
+                raise ConfigError(
+                    f"zero option {device_key}={raw!r} is not valid: expected one of "
+                    f"{', '.join(map(repr, OFFLOAD_DEVICES))}{closest(device, OFFLOAD_DEVICES)}"
+                )
+            path = _none_word(getattr(self, path_key))
+            if device == "nvme" and path is None:
+                raise ConfigError(
+                    f"zero option {device_key}='nvme' needs {path_key}: the directory on a fast local NVMe disk "
+                    f"to swap {'optimizer states' if kind == 'optimizer' else 'parameters'} to "
+                    f"(or use {device_key}='cpu')"
+                )
+            set_(device_key, device)
+            set_(path_key, None if path is None else str(path))
+        clip = self.gradient_clipping
+        if isinstance(clip, str) and clip.strip().lower() == "auto":
+            clip = None
+        if clip is not None:
+            try:
+                clip = float(clip)
+            except (TypeError, ValueError):
+                clip = -1.0
+            if isinstance(self.gradient_clipping, bool) or not clip >= 0:
+                raise ConfigError(
+                    f"zero option gradient_clipping={self.gradient_clipping!r} is not valid: expected a number >= 0 "
+                    f"(the largest gradient norm; 0 turns clipping off)"
+                )
+        set_("gradient_clipping", clip)
+        for name in ("zero3_init", "save_16bit_model"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"zero option {name}={getattr(self, name)!r} is not valid: expected true or false")
+        set_("config_file", _none_word(self.config_file) if not isinstance(self.config_file, Mapping) else self.config_file)
+        set_("user_config", read_deepspeed_config(self.config_file))
+        if self.offload_param_device not in (None, "none") and self.effective_stage != 3:
+            raise ConfigError(
+                f"zero option offload_param_device={self.offload_param_device!r} needs ZeRO stage 3 (this "
+                f"configuration uses stage {self.effective_stage}): set stage: 3, or offload_param_device: none"
+            )
+        if self.zero3_init and self.effective_stage != 3:
+            raise ConfigError(
+                f"zero option zero3_init=true needs ZeRO stage 3 (this configuration uses stage "
+                f"{self.effective_stage}): set stage: 3, or zero3_init: false"
+            )
+
+    @property
+    def effective_stage(self) -> int:
+        """The stage that runs: this option, else the DeepSpeed JSON's, else 2."""
+        if self.stage is not None:
+            return self.stage
+        json_stage = self.user_config.get("zero_optimization", {}).get("stage", "auto")
+        return DEFAULT_STAGE if json_stage == "auto" else int(json_stage)
+
+    @classmethod
+    def from_section(cls, options: Mapping[str, Any] | object) -> ZeroOptions:
+        """Build from a config section (a mapping) or return a ``ZeroOptions`` given in code."""
+        if isinstance(options, ZeroOptions):
+            return options
+        if not isinstance(options, Mapping):
+            raise ConfigError(
+                f"backend_options for 'zero' is a {type(options).__qualname__}: expected a dict or "
+                f"plait_zero.ZeroOptions"
+            )
+        names = [f.name for f in dataclasses.fields(cls) if f.init]
+        for key in options:
+            if key not in names:
+                raise ConfigError(
+                    f"unknown zero option {key!r}{closest(str(key), names)}; valid options: {', '.join(names)}"
+                )
+        return cls(**dict(options))
+
+
+def read_deepspeed_config(source: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The user's DeepSpeed config: a JSON file's contents, a dict's copy, or ``{}``."""
+    if source is None:
+        return {}
+    if isinstance(source, Mapping):
+        return json.loads(json.dumps(dict(source)))  # a deep, JSON-clean copy
+    path = Path(str(source)).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"zero option config_file={str(source)!r} is not valid: no such file; give the path of a DeepSpeed "
+            f"JSON config, or leave config_file out"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(
+            f"zero option config_file={str(source)!r} is not valid JSON ({exc}): fix the file (DeepSpeed configs are "
+            f"JSON objects)"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"zero option config_file={str(source)!r} holds a JSON {type(data).__name__}: expected an object "
+            f"such as {{\"zero_optimization\": {{\"stage\": 2}}}}"
+        )
+    zero = data.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        raise ConfigError(f"DeepSpeed config {source}: zero_optimization={zero!r} is not valid: expected an object")
+    stage = zero.get("stage", "auto")
+    if stage != "auto" and (isinstance(stage, bool) or stage not in STAGES):
+        raise ConfigError(
+            f"DeepSpeed config {source}: zero_optimization.stage={stage!r} is not valid: expected 1, 2, 3 or \"auto\""
+        )
+    return data
