@@ -24,11 +24,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import torchrun
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -121,14 +121,6 @@ if accelerator.is_main_process:
         json.dump(reports, f)
 accelerator.end_training()
 '''
-
-
-def torchrun(script: Path, args: list[str], env: dict[str, str]) -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               str(script), *args]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
 
 
 def mb(value: float) -> str:
