@@ -77,7 +77,7 @@ def trackers(session: nox.Session) -> None:
 def all(session: nox.Session) -> None:
     """Every package installed together: the core and tracker suites must still hold with all plugins present."""
     session.install(*CONSTRAINTS, "-e", "packages/core", "-e", "packages/ddp", "-e", "packages/cli", "-e", "packages/fsdp",
-                    *TRACKERS, "pytest", "pillow")
+                    "-e", "packages/zero", *TRACKERS, "pytest", "pillow", env=PIP_CONSTRAINT)
     session.run("pytest", "tests/core", "tests/trackers", *session.posargs)
 
 
