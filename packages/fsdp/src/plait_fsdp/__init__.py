@@ -266,14 +266,13 @@ def plait_config_questions(backend: str, ask: Callable[..., Any]) -> dict[str, A
 
 @hookimpl
 def plait_env_report(config: Config) -> list[tuple[str, str]]:
+    # From metadata only: importing torch.distributed.fsdp would add half a second to `plait env`.
+    from importlib import metadata
+
     try:
-        from importlib import metadata
-
-        import torch.distributed as dist
-        from torch.distributed.fsdp import fully_shard  # noqa: F401
-
-        version = metadata.version("plait-fsdp")
-        return [("plait-fsdp", f"{version}, FSDP2 fully_shard available, distributed "
-                               f"{'available' if dist.is_available() else 'unavailable'}")]
+        torch_version = metadata.version("torch")
+        major, minor = (int(part) for part in torch_version.split(".")[:2])
+        fsdp2 = "available" if (major, minor) >= (2, 6) else f"needs torch >= 2.6 (found {torch_version})"
+        return [("plait-fsdp", f"{metadata.version('plait-fsdp')}, FSDP2 fully_shard {fsdp2}")]
     except Exception as exc:  # a report line, never a crash
         return [("plait-fsdp", f"FSDP2 unavailable ({type(exc).__name__}: {exc})")]
