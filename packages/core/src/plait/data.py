@@ -8,6 +8,7 @@ shared by the dataloader and every view ``skip_first_batches`` returns of it.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -72,6 +73,10 @@ class SeededRandomSampler(Sampler[int]):
         yield from torch.randperm(n, generator=generator).tolist()[: self.num_samples % n]
 
 
+#: Sets an attribute without DataLoader.__setattr__'s checks (a Python call per batch otherwise).
+_set = object.__setattr__
+
+
 class SkippableBatchSampler(Sampler[list[int]]):
     """Wraps a batch sampler; the next iteration skips ``skip`` batches without loading their data."""
 
@@ -95,13 +100,10 @@ class SkippableBatchSampler(Sampler[list[int]]):
         return len(self.batch_sampler)
 
     def __iter__(self) -> Iterator[Any]:
+        # No generator of our own: the DataLoader pulls every batch of indices straight from these iterators.
         skip, self.skip = self.skip, 0
-        if not skip:
-            yield from self.batch_sampler
-            return
-        for index, batch in enumerate(self.batch_sampler):
-            if index >= skip:
-                yield batch
+        iterator = iter(self.batch_sampler)
+        return itertools.islice(iterator, skip, None) if skip else iterator
 
 
 def _with_seeded_sampler(dataloader: DataLoader) -> tuple[Any, int | None]:
@@ -302,7 +304,7 @@ class DataLoaderShard(DataLoader):
         total, position = len(self._skippable), skip
         for batch in super().__iter__():
             position += 1
-            self.position = position
+            _set(self, "position", position)
             if position >= total:
                 self._mark_last(self.remainder)
             yield place(batch) if place is not None else batch
@@ -313,14 +315,14 @@ class DataLoaderShard(DataLoader):
         position = 0
         for _ in range(skip):
             if next(iterator, _END) is _END:
-                self.position = position
+                _set(self, "position", position)
                 return
             position += 1
         current = next(iterator, _END)
         while current is not _END:
             following = next(iterator, _END)
             position += 1
-            self.position = position
+            _set(self, "position", position)
             if following is _END:
                 shard = self._iterable_shard
                 # The shard knows how many items were real once its stream ended (in this process only).
@@ -363,7 +365,7 @@ class DataLoaderShard(DataLoader):
             if batch is None:
                 return
             position += 1
-            self.position = position
+            _set(self, "position", position)
             size = _rows(batch)
             wanted = rows * layout.num_processes
             if size < wanted and layout.even_batches:
