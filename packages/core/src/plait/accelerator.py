@@ -435,10 +435,12 @@ class _Accumulate:
         state.advance()
         if state.sync_gradients or not self._models:
             return
-        contexts = [c for c in map(self._accelerator._no_sync_context, self._models) if c is not None]
-        if contexts:
-            self._stack = contextlib.ExitStack()
-            for context in contexts:
+        no_sync = self._accelerator._no_sync_context
+        for model in self._models:
+            context = no_sync(model)
+            if context is not None:
+                if self._stack is None:
+                    self._stack = contextlib.ExitStack()
                 self._stack.enter_context(context)
 
     def __exit__(self, *exc: Any) -> bool | None:
