@@ -1,7 +1,8 @@
 """Worker: one contender's prepared training loop, timed in blocks of epochs on the runner's command.
 
 ``main(channel, contender, model, accumulation, warmup_epochs)`` runs in a fresh process
-(see ``_common.Worker``). CONTENDER is raw, plait or accelerate (only that library is imported); MODEL is
+(see ``_common.Worker``). CONTENDER is raw, plait or accelerate (only that library is imported), or paired: raw and plait
+loops in one process on the same tensors, chosen per block; MODEL is
 tiny (Linear(32, 1), batch 8) or mlp (3 x [Linear(512, 512), ReLU], batch 64).
 Every contender does the same work per batch: iterate a shuffling DataLoader over
 a TensorDataset, forward, MSE loss, backward, optimizer step, zero_grad, on one
@@ -103,8 +104,22 @@ def main(channel: Channel, contender: str, model_name: str, accumulation_text: s
 
     torch.set_num_threads(1)
     model, optimizer, loader = build(model_name)
+    epochs: dict[str, Any] = {}
     if contender == "raw":
         epoch = raw_epoch(model, optimizer, loader, accumulation)
+    elif contender == "paired":
+        # raw PyTorch and plait in one process on the very same model, optimizer and data tensors
+        # (plait's single-process prepare keeps the module itself), so that only the loop code differs.
+        from plait import Accelerator
+
+        epochs["raw"] = raw_epoch(model, optimizer, loader, accumulation)
+        accelerator = Accelerator(cpu=True, gradient_accumulation_steps=accumulation)
+        prepared, prepared_optimizer, prepared_loader = accelerator.prepare(model, optimizer, loader)
+        assert prepared is model
+        epoch = epochs["plait"] = accelerator_epoch(accelerator, prepared, prepared_optimizer, prepared_loader,
+                                                    accumulation)
+        for _ in range(warmup):
+            epochs["raw"]()
     else:
         if contender == "plait":
             from plait import Accelerator
@@ -118,11 +133,13 @@ def main(channel: Channel, contender: str, model_name: str, accumulation_text: s
     for _ in range(warmup):
         epoch()
     steps_per_epoch = len(loader)
+    epochs_by_loop = epochs
 
-    def run(epochs: int) -> dict[str, Any]:
+    def run(epochs: int, loop: str | None = None) -> dict[str, Any]:
+        one = epochs_by_loop[loop] if loop is not None else epoch
         wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(epochs):
-            epoch()
+            one()
         cpu = time.process_time() - cpu
         wall = time.perf_counter() - wall
         return {"wall": wall, "cpu": cpu, "steps": epochs * steps_per_epoch}

@@ -103,6 +103,47 @@ def _step_set(model: str, accumulation: int, epochs: int, warmup: int, blocks: i
             worker.close()
 
 
+PAIRED_PLAN = (6, 10)  # processes, blocks of (raw, plait) per process
+PAIRED_QUICK = (2, 4)
+
+
+def _paired_mlp(quick: bool) -> dict[int, dict[str, Any]]:
+    """The MLP's loops compared inside one process, on the very same model, optimizer and data tensors.
+
+    Between separate processes the MLP's step time varies by several percent (memory
+    layout), more than the 1% target; here only the loop code differs. Raw and plait
+    blocks alternate, rotating which goes first; a process's ratio is the median of its
+    paired blocks, the reported ratio the median over processes.
+    """
+    processes, blocks = PAIRED_QUICK if quick else PAIRED_PLAN
+    results: dict[int, dict[str, Any]] = {}
+    for accumulation in (1, 4):
+        ratios, overheads, times = [], [], {"raw": [], "plait": []}
+        for p in range(processes):
+            log(f"step_overhead mlp accumulation={accumulation} paired in one process: {p + 1}/{processes}")
+            worker = Worker("_step_worker:main", ("paired", "mlp", str(accumulation), "1" if quick else "2"))
+            try:
+                worker.start()
+                got: dict[str, list[float]] = {"raw": [], "plait": []}
+                for b in range(blocks):
+                    for loop in rotated(("raw", "plait"), p + b):
+                        answer = worker.ask(op="run", epochs=1, loop=loop)
+                        got[loop].append(answer["wall"] / answer["steps"] * 1e6)
+            finally:
+                worker.close()
+            ratios.append(median(x / r for x, r in zip(got["plait"], got["raw"])))
+            overheads.append(median(x - r for x, r in zip(got["plait"], got["raw"])))
+            for loop in times:
+                times[loop] += got[loop]
+        results[accumulation] = {
+            "ratio": median(ratios),
+            "ratio_per_set": [round(r, 4) for r in ratios],
+            "overhead_us": median(overheads),
+            "per_step_us": {loop: median(v) for loop, v in times.items()},
+        }
+    return results
+
+
 def step_overhead(sandbox: Sandbox, quick: bool) -> dict[str, Any]:
     """Per configuration, several sets of fresh worker processes; timed blocks interleaved between them.
 
@@ -171,8 +212,22 @@ def step_overhead(sandbox: Sandbox, quick: bool) -> dict[str, Any]:
                 derived, f"<= {target:.2f}x", "PASS" if derived["plait"] <= target else "FAIL",
                 "derived: the MLP's measured spread between processes is wider than the 1% target",
             ))
+    paired = _paired_mlp(quick)
+    for accumulation, result in paired.items():
+        target = TARGETS["mlp"]
+        accumulate = "with accumulate (k=4)" if accumulation > 1 else "without accumulate"
+        per_set = result["ratio_per_set"]
+        rows.append(row(
+            "step_overhead",
+            f"per-step time, MLP, {accumulate}: plait loop / raw loop in one process on the same tensors", "us/step",
+            result["per_step_us"], {"plait": result["ratio"]}, f"<= {target:.2f}x",
+            "PASS" if result["ratio"] <= target else "FAIL",
+            f"{len(per_set)} processes, plait/raw per process {min(per_set):.3f}-{max(per_set):.3f}; "
+            f"plait adds {result['overhead_us']:.1f} us/step",
+        ))
     return {
         "mode": "quick" if quick else "full",
+        "paired_mlp": {str(k): v for k, v in paired.items()},
         "settings": {
             "threads": 1,
             "optimizer": "SGD(lr=1e-3)",
