@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from plait.errors import ConfigError, closest
 
@@ -24,6 +24,7 @@ MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
 #: Backend sections recognised even when their plugin is not installed.
 KNOWN_BACKENDS = ("single", "ddp", "fsdp", "zero", "xla")
 ENV_PREFIX = "PLAIT_"
+_T = TypeVar("_T")
 #: Variables that are not config keys but are read here.
 _SPECIAL_ENV = {"PLAIT_CONFIG_FILE", "PLAIT_DISABLE_PLUGINS", "PLAIT_AUTOLOAD_PLUGINS"}
 
@@ -270,3 +271,18 @@ def resolve_config(
         autoload_plugins=autoload,
         config_file=str(path) if file_values or explicit_file else None,
     )
+
+
+def backend_section(backend: str, options: object, options_type: type[_T]) -> _T | Mapping[str, Any]:
+    """What a backend's ``from_section`` starts from: ``options`` itself when it is already an
+    ``options_type`` (given in code), else the section, which must be a mapping.
+
+    :raises ConfigError: naming what was given and what is accepted.
+    """
+    if isinstance(options, (options_type, Mapping)):
+        return options  # type: ignore[return-value]  # one of the two, as checked
+    raise ConfigError(
+        f"backend_options for {backend!r} is a {type(options).__qualname__}: expected a dict or "
+        f"{options_type.__module__.split('.')[0]}.{options_type.__qualname__}"
+    )
+

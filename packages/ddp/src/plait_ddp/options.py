@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from plait.config import backend_section
 from plait.errors import ConfigError, closest
 
 COMM_HOOKS = ("no", "fp16", "bf16")
@@ -40,17 +41,14 @@ class DDPOptions:
     @classmethod
     def from_section(cls, options: Mapping[str, Any] | object) -> DDPOptions:
         """Build from a config section (a mapping) or return a ``DDPOptions`` given in code."""
-        if isinstance(options, DDPOptions):
-            return options
-        if not isinstance(options, Mapping):
-            raise ConfigError(
-                f"backend_options for 'ddp' is a {type(options).__qualname__}: expected a dict or plait_ddp.DDPOptions"
-            )
+        section = backend_section("ddp", options, cls)
+        if isinstance(section, DDPOptions):
+            return section
         names = [f.name for f in dataclasses.fields(cls)]
-        for key in options:
+        for key in section:
             if key not in names:
                 raise ConfigError(f"unknown ddp option {key!r}{closest(str(key), names)}; valid options: {', '.join(names)}")
-        return cls(**dict(options))
+        return cls(**dict(section))
 
     def ddp_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for DistributedDataParallel: only those set away from its defaults

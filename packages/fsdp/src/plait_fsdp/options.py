@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from plait.config import backend_section
 from plait.errors import ConfigError, closest
 
 TRANSFORMER_BASED_WRAP = "TRANSFORMER_BASED_WRAP"
@@ -148,17 +149,13 @@ class FSDPOptions:
     @classmethod
     def from_section(cls, options: Mapping[str, Any] | object) -> FSDPOptions:
         """Build from a config section (a mapping) or return an ``FSDPOptions`` given in code."""
-        if isinstance(options, FSDPOptions):
-            return options
-        if not isinstance(options, Mapping):
-            raise ConfigError(
-                f"backend_options for 'fsdp' is a {type(options).__qualname__}: expected a dict or "
-                f"plait_fsdp.FSDPOptions"
-            )
+        section = backend_section("fsdp", options, cls)
+        if isinstance(section, FSDPOptions):
+            return section
         names = [f.name for f in dataclasses.fields(cls) if f.name != "ignored"]
         values: dict[str, Any] = {}
         ignored: list[tuple[str, Any]] = []
-        for raw_key, value in options.items():
+        for raw_key, value in section.items():
             key = str(raw_key)
             key = key[len("fsdp_"):] if key.startswith("fsdp_") else key
             if key == "sharding_strategy":

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plait.config import backend_section
 from plait.errors import ConfigError, closest
 
 STAGES = (1, 2, 3)
@@ -131,20 +132,16 @@ class ZeroOptions:
     @classmethod
     def from_section(cls, options: Mapping[str, Any] | object) -> ZeroOptions:
         """Build from a config section (a mapping) or return a ``ZeroOptions`` given in code."""
-        if isinstance(options, ZeroOptions):
-            return options
-        if not isinstance(options, Mapping):
-            raise ConfigError(
-                f"backend_options for 'zero' is a {type(options).__qualname__}: expected a dict or "
-                f"plait_zero.ZeroOptions"
-            )
+        section = backend_section("zero", options, cls)
+        if isinstance(section, ZeroOptions):
+            return section
         names = [f.name for f in dataclasses.fields(cls) if f.init]
-        for key in options:
+        for key in section:
             if key not in names:
                 raise ConfigError(
                     f"unknown zero option {key!r}{closest(str(key), names)}; valid options: {', '.join(names)}"
                 )
-        return cls(**dict(options))
+        return cls(**dict(section))
 
 
 def read_deepspeed_config(source: str | Mapping[str, Any] | None) -> dict[str, Any]:
