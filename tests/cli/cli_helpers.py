@@ -4,30 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from plait.testing import free_port  # noqa: F401  (the tests import it from here)
+
 HERE = Path(__file__).parent
 SCRIPTS = HERE / "scripts"
 PLUGIN_PACKAGES = HERE.parent / "core" / "plugin_packages"
 PLAIT = str(Path(sys.executable).with_name("plait"))
-
-#: Variables a launcher (torchrun, SLURM) sets; none may leak from the developer's shell into a test.
-LAUNCHER_VARIABLES = (
-    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "NODE_RANK",
-    "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS",
-    "CUDA_VISIBLE_DEVICES",
-)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def plait_env(extra: Mapping[str, str] | None = None, site: Path | None = None) -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,19 +11,16 @@ import pytest
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
-from cli_helpers import LAUNCHER_VARIABLES, PLUGIN_PACKAGES
+from cli_helpers import PLUGIN_PACKAGES
 
-from plait.testing import install_plugins
+from plait.testing import install_plugins, isolate_environment
 
 
 @pytest.fixture(autouse=True)
 def clean_environment(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No PLAIT_*, SLURM_* or launcher variable; empty config and HF homes. Returns the XDG config home."""
-    for name in list(os.environ):
-        if name.startswith(("PLAIT_", "SLURM_")) or name in LAUNCHER_VARIABLES:
-            monkeypatch.delenv(name)
     home = tmp_path_factory.mktemp("home")
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    isolate_environment(monkeypatch, home / "config", names=("CUDA_VISIBLE_DEVICES",))
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     return home / "config"

@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
-import torch
+
+from plait.testing import LAUNCHER_VARIABLES, free_port, identical, isolate_environment, max_diff
+
+__all__ = ["clean_environment", "free_port", "identical", "max_diff", "plain_env", "start_plain", "wait_all"]
 
 HERE = Path(__file__).parent
 SCRIPTS = HERE / "scripts"
-
-#: Variables a launcher (torchrun, SLURM) sets; none may leak from the developer's shell into a test.
-LAUNCHER_VARIABLES = (
-    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "NODE_RANK",
-    "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS",
-)
-
-
-def _scrub(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
-    for name in list(os.environ):
-        if name.startswith(("PLAIT_", "SLURM_")) or name in LAUNCHER_VARIABLES:
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -34,14 +23,8 @@ def clean_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
     """No PLAIT_*, SLURM_* or launcher variable, and an empty XDG_CONFIG_HOME, for the whole module
     (module-scoped so that the module-scoped launches below see it too)."""
     with pytest.MonkeyPatch.context() as monkeypatch:
-        _scrub(monkeypatch, tmp_path_factory.mktemp("xdg"))
+        isolate_environment(monkeypatch, tmp_path_factory.mktemp("xdg"))
         yield
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def plain_env(extra: Mapping[str, str]) -> dict[str, str]:
@@ -76,11 +59,3 @@ def wait_all(processes: list[subprocess.Popen[str]], timeout: float) -> list[tup
     return results
 
 
-def max_diff(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
-
-
-def identical(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
-    assert a.keys() == b.keys()
-    return all(torch.equal(a[k], b[k]) for k in a)

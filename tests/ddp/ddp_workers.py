@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from plait.testing import error_of
+
 # --------------------------------------------------------------------------- #
 # the training problem, shared by workers and tests
 # --------------------------------------------------------------------------- #
@@ -152,14 +154,6 @@ def oracle_worker() -> dict[str, Any]:
 # --------------------------------------------------------------------------- #
 
 
-def _error(callable_: Any) -> str | None:
-    try:
-        callable_()
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
 def options_worker() -> dict[str, Any]:
     import dataclasses
 
@@ -167,7 +161,7 @@ def options_worker() -> dict[str, Any]:
     from plait_ddp import DDPOptions
 
     out: dict[str, Any] = {}
-    out["single_error"] = _error(lambda: Accelerator(backend="single"))
+    out["single_error"] = error_of(lambda: Accelerator(backend="single"))
 
     # PLAIT_DDP='{"find_unused_parameters": true, "bucket_cap_mb": 1}' from the environment.
     acc = Accelerator(backend="ddp")
@@ -319,10 +313,10 @@ def collectives_worker(directory: str) -> dict[str, Any]:
 
     if acc.config.debug:
         # Mismatched shapes are an error on every rank (not a hang), and the group stays usable.
-        out["debug_gather_error"] = _error(lambda: acc.gather(torch.zeros(r + 1, 2)))
-        out["debug_reduce_error"] = _error(lambda: acc.reduce(torch.zeros(3 + r)))
+        out["debug_gather_error"] = error_of(lambda: acc.gather(torch.zeros(r + 1, 2)))
+        out["debug_reduce_error"] = error_of(lambda: acc.reduce(torch.zeros(3 + r)))
         dtype = torch.float32 if r == 0 else torch.float64
-        out["debug_broadcast_error"] = _error(lambda: acc.broadcast(torch.zeros(2, dtype=dtype)))
+        out["debug_broadcast_error"] = error_of(lambda: acc.broadcast(torch.zeros(2, dtype=dtype)))
         out["after_debug_errors"] = acc.gather(torch.tensor([r]))
     acc.end_training()
     return out

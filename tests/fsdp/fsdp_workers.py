@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from plait.testing import error_of
+
 GLOBAL_BATCH = 16
 STEPS = 20
 D = 16
@@ -104,14 +106,6 @@ def make(kind: str, seed: int = 0) -> nn.Module:
 
 def params(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _error(function: Any) -> str | None:
-    try:
-        function()
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
 
 
 # --------------------------------------------------------------------------- #
@@ -218,13 +212,13 @@ def parity_worker() -> dict[str, Any]:
 
     # Bad input: a layer class the model does not have (raised before any collective, on every process).
     acc = Accelerator(backend="fsdp", backend_options={"transformer_layer_cls_to_wrap": "GPT2Block"})
-    out["missing_class_error"] = _error(lambda: acc.prepare(make("transformer")))
+    out["missing_class_error"] = error_of(lambda: acc.prepare(make("transformer")))
 
     # Bad input on one process only (meta weights without cpu_ram_efficient_loading): every process raises.
     acc = Accelerator(backend="fsdp")
     with torch.device("meta") if acc.process_index == 1 else torch.device("cpu"):
         half_meta = make("mlp")
-    out["meta_without_option_error"] = _error(lambda: acc.prepare(half_meta))
+    out["meta_without_option_error"] = error_of(lambda: acc.prepare(half_meta))
 
     # mixed_precision bf16: MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32); parameters stay fp32.
     acc = Accelerator(backend="fsdp", mixed_precision="bf16", backend_options={"transformer_layer_cls_to_wrap": "Block"})
@@ -299,7 +293,7 @@ def checkpoint_worker(directory: str) -> dict[str, Any]:
     acc = _fsdp()
     wider = TinyTransformer(d=32)
     acc.prepare(wider, torch.optim.AdamW(wider.parameters(), lr=1e-2))
-    out["shape_error"] = _error(lambda: acc.load_state(str(root / "sharded")))
+    out["shape_error"] = error_of(lambda: acc.load_state(str(root / "sharded")))
     acc.end_training()
     return out
 

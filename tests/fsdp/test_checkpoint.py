@@ -12,28 +12,17 @@ from typing import Any
 
 import fsdp_workers as W
 import pytest
-import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from plait.errors import CheckpointError
-from plait.testing import run_processes
+from plait.testing import identical, max_diff, run_processes
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
     root = tmp_path_factory.mktemp("checkpoints")
     return root, run_processes(W.checkpoint_worker, 2, args=(str(root),))
-
-
-def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
-
-
-def identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    assert a.keys() == b.keys()
-    return all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("kind", ["sharded", "full"])

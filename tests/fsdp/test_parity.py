@@ -10,9 +10,8 @@ from typing import Any
 
 import fsdp_workers as W
 import pytest
-import torch
 
-from plait.testing import run_processes
+from plait.testing import max_diff, run_processes
 
 TOLERANCE = 1e-5
 
@@ -20,11 +19,6 @@ TOLERANCE = 1e-5
 @pytest.fixture(scope="module")
 def parity() -> list[dict[str, Any]]:
     return run_processes(W.parity_worker, 2)
-
-
-def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
 @pytest.mark.parametrize("case", list(W.CASES))

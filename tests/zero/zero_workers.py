@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from plait.testing import error_of
+
 STEPS = 20
 BATCH = 4
 LR = 0.05
@@ -90,14 +92,6 @@ def train(backend: str, accumulation: int = 1, options: dict[str, Any] | None = 
     return out
 
 
-def _error(callable_: Any) -> str | None:
-    try:
-        callable_()
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
 # --------------------------------------------------------------------------- test_zero.py
 def parity_worker(tmp: str) -> dict[str, Any]:
     """ddp and zero stages 1-3: plain, with accumulation, with clipping (option and clip_grad_norm_)."""
@@ -140,8 +134,8 @@ def parity_worker(tmp: str) -> dict[str, Any]:
         out["export_files"] = sorted(p.name for p in export.iterdir())
         out["export"] = safetensors.torch.load_file(str(export / "model.safetensors"))
     out["initial"] = params(make_model().state_dict())
-    out["clip_value_error"] = _error(lambda: accelerator.clip_grad_value_(model.parameters(), 1.0))
-    out["prepare_model_error"] = _error(lambda: accelerator.prepare_model(make_model()))
+    out["clip_value_error"] = error_of(lambda: accelerator.clip_grad_value_(model.parameters(), 1.0))
+    out["prepare_model_error"] = error_of(lambda: accelerator.prepare_model(make_model()))
     accelerator.free_memory()
 
     # A DeepSpeed JSON contradicting the Accelerator is refused at prepare, before any engine is built.
@@ -149,7 +143,7 @@ def parity_worker(tmp: str) -> dict[str, Any]:
     config_file.write_text('{"gradient_accumulation_steps": 4, "train_micro_batch_size_per_gpu": "auto"}')
     accelerator = Accelerator(backend="zero", gradient_accumulation_steps=2, backend_options={"config_file": str(config_file)})
     model = make_model()
-    out["json_conflict_error"] = _error(
+    out["json_conflict_error"] = error_of(
         lambda: accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=LR), loader(4))
     )
     # ...and "auto" values are filled: batch size from the dataloader, accumulation from the Accelerator.
@@ -262,7 +256,7 @@ def resume_first_launch(root: str, configs: list[tuple[str, dict[str, Any], int,
             accelerator.backward(nn.functional.mse_loss(model(xb), yb))
             optimizer.step()
         break
-    out["mid_accumulation_error"] = _error(lambda: accelerator.save_state(str(Path(root) / "mid")))
+    out["mid_accumulation_error"] = error_of(lambda: accelerator.save_state(str(Path(root) / "mid")))
     out["mid_accumulation_leftovers"] = sorted(p.name for p in Path(root).iterdir() if "mid" in p.name)
     accelerator.end_training()
     return out
@@ -282,8 +276,8 @@ def resume_second_launch(root: str, configs: list[tuple[str, dict[str, Any], int
         if options.get("backend") != "ddp":
             out[name] = _resumable_run("resume", str(Path(root) / name), dict(options), accum, save_at)
     # A stage-2 checkpoint loaded under stage 3, and a ddp checkpoint under zero: refused, each named.
-    out["stage_error"] = _error(lambda: _resumable_run("resume", str(Path(root) / "stage2"), {"stage": 3}, 1, 5))
-    out["ddp_error"] = _error(lambda: _resumable_run("resume", str(Path(root) / "ddp"), {"stage": 2}, 1, 5))
+    out["stage_error"] = error_of(lambda: _resumable_run("resume", str(Path(root) / "stage2"), {"stage": 3}, 1, 5))
+    out["ddp_error"] = error_of(lambda: _resumable_run("resume", str(Path(root) / "ddp"), {"stage": 2}, 1, 5))
     import torch.distributed as dist
 
     if dist.is_initialized():
@@ -293,4 +287,4 @@ def resume_second_launch(root: str, configs: list[tuple[str, dict[str, Any], int
 
 def resume_one_process(root: str) -> dict[str, Any]:
     """A checkpoint of 2 processes loaded by 1: refused, naming both counts."""
-    return {"processes_error": _error(lambda: _resumable_run("resume", str(Path(root) / "stage2"), {"stage": 2}, 1, 5))}
+    return {"processes_error": error_of(lambda: _resumable_run("resume", str(Path(root) / "stage2"), {"stage": 2}, 1, 5))}

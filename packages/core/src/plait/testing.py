@@ -17,8 +17,15 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
+
+#: Variables a launcher (torchrun, the elastic agent) sets. A test that inherits them from the shell
+#: would run as a worker of someone else's job: :func:`isolate_environment` removes them.
+LAUNCHER_VARIABLES = (
+    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "NODE_RANK",
+    "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS",
+)
 
 
 def _resolve(module: str, path: str, qualname: str) -> Callable[..., Any]:
@@ -130,4 +137,54 @@ def install_plugins(
         "--no-deps", "--no-build-isolation", "--no-index", "--target", os.fspath(target), *copies,
     ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def isolate_environment(
+    monkeypatch: Any, config_home: str | os.PathLike[str], prefixes: Sequence[str] = ("PLAIT_", "SLURM_"),
+    names: Sequence[str] = (),
+) -> None:
+    """Make a test independent of the developer's shell: remove every variable starting with one of
+    ``prefixes`` (plait's settings, SLURM's), the launcher's (:data:`LAUNCHER_VARIABLES`) and ``names``,
+    and point ``XDG_CONFIG_HOME`` at ``config_home`` so that no user config file is read.
+
+    :param monkeypatch: a ``pytest.MonkeyPatch``, which restores everything afterwards.
+    """
+    environ: MutableMapping[str, str] = os.environ
+    monkeypatch.setenv("XDG_CONFIG_HOME", os.fspath(config_home))
+    for name in list(environ):
+        if name.startswith(tuple(prefixes)) or name in LAUNCHER_VARIABLES or name in names:
+            monkeypatch.delenv(name)
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for a rendezvous a test starts itself)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def max_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
+    """The largest absolute difference between two state dicts with the same keys (in float64)."""
+    assert a.keys() == b.keys(), f"different keys: {sorted(set(a) ^ set(b))}"
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def identical(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two state dicts with the same keys hold bit-identical tensors."""
+    import torch
+
+    assert a.keys() == b.keys(), f"different keys: {sorted(set(a) ^ set(b))}"
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def error_of(function: Callable[[], Any]) -> str | None:
+    """``"ExceptionType: message"`` of what ``function()`` raises, or ``None``: how a worker process
+    reports an expected error back to the test (exceptions themselves may not pickle)."""
+    try:
+        function()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
