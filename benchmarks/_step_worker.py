@@ -98,6 +98,19 @@ def accelerator_epoch(accelerator: Any, model: Any, optimizer: Any, loader: Any,
     return epoch_accumulating
 
 
+def prepared_epoch(contender: str, model: Any, optimizer: Any, loader: Any, accumulation: int) -> tuple[Any, Any]:
+    """CONTENDER's (plait or accelerate) epoch function over the prepared objects, and its prepared loader."""
+    if contender == "plait":
+        from plait import Accelerator
+    elif contender == "accelerate":
+        from accelerate import Accelerator  # type: ignore[no-redef]
+    else:
+        raise ValueError(f"unknown contender {contender!r}")
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=accumulation)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    return accelerator_epoch(accelerator, model, optimizer, loader, accumulation), loader
+
+
 def main(channel: Channel, contender: str, model_name: str, accumulation_text: str, warmup_text: str) -> None:
     accumulation, warmup = int(accumulation_text), int(warmup_text)
     import torch
@@ -121,15 +134,7 @@ def main(channel: Channel, contender: str, model_name: str, accumulation_text: s
         for _ in range(warmup):
             epochs["raw"]()
     else:
-        if contender == "plait":
-            from plait import Accelerator
-        elif contender == "accelerate":
-            from accelerate import Accelerator  # type: ignore[no-redef]
-        else:
-            raise ValueError(f"unknown contender {contender!r}")
-        accelerator = Accelerator(cpu=True, gradient_accumulation_steps=accumulation)
-        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-        epoch = accelerator_epoch(accelerator, model, optimizer, loader, accumulation)
+        epoch, loader = prepared_epoch(contender, model, optimizer, loader, accumulation)
     for _ in range(warmup):
         epoch()
     steps_per_epoch = len(loader)

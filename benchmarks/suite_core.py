@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import CONTENDERS, Sandbox, Worker, median, quartiles, rotated
+from _common import CONTENDERS, HERE, Sandbox, Worker, median, quartiles, rotated
 
 TARGETS = {
     "tiny": 1.05,
@@ -103,7 +103,7 @@ def _step_set(model: str, accumulation: int, epochs: int, warmup: int, blocks: i
             worker.close()
 
 
-PAIRED_PLAN = (6, 10)  # processes, blocks of (raw, plait) per process
+PAIRED_PLAN = (8, 16)  # processes, blocks of (raw, plait) per process
 PAIRED_QUICK = (2, 4)
 
 
@@ -142,6 +142,48 @@ def _paired_mlp(quick: bool) -> dict[int, dict[str, Any]]:
             "per_step_us": {loop: median(v) for loop, v in times.items()},
         }
     return results
+
+
+#: (model, accumulation) loops whose instructions are counted under callgrind, and epochs counted.
+INSTRUCTION_CONFIGS = (("tiny", 1), ("tiny", 4))
+INSTRUCTION_EPOCHS = 4
+
+
+def _instruction_counts(sandbox: Sandbox) -> dict[tuple[str, int], dict[str, float]] | None:
+    """Instructions per step of each contender's loop, counted by valgrind's callgrind.
+
+    Timing on a shared 2-core VM is noisy by a few percent; an instruction count is
+    not (the same code gives the same count to a few parts in 10^4), so it shows what
+    plait adds per step without the noise, though not what cache misses add to it.
+    Two valgrind processes at a time (~2-3 minutes each, most of it ``import torch``).
+    ``None`` where valgrind is not installed.
+    """
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        log("step_overhead instructions: valgrind is not installed, skipped")
+        return None
+    jobs = [(c, model, k) for model, k in INSTRUCTION_CONFIGS for c in CONTENDERS]
+    counts: dict[tuple[str, int], dict[str, float]] = {}
+    for start in range(0, len(jobs), 2):
+        running = []
+        for contender, model, k in jobs[start:start + 2]:
+            log(f"step_overhead instructions under callgrind: {contender} {model} accumulation={k}")
+            prefix = sandbox.scratch / f"callgrind-{contender}-{model}-{k}"
+            command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={prefix}.%p", sys.executable,
+                       str(HERE / "_instructions.py"), contender, model, str(k), str(INSTRUCTION_EPOCHS)]
+            process = subprocess.Popen(command, cwd=HERE, env=sandbox.env(threads=1), stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+            running.append((contender, model, k, prefix, process))
+        for contender, model, k, prefix, process in running:
+            out, err = process.communicate()
+            if process.returncode != 0:
+                raise RuntimeError(f"callgrind run of {contender} {model} failed:\n{err[-3000:]}")
+            steps = int(next(line.split()[1] for line in out.splitlines() if line.startswith("@@steps")))
+            dumps = [f for f in prefix.parent.glob(prefix.name + ".*.1")]
+            summary = next(line for line in dumps[0].read_text().splitlines() if line.startswith("summary:"))
+            counts.setdefault((model, k), {})[contender] = int(summary.split()[1]) / steps
+            for f in prefix.parent.glob(prefix.name + ".*"):
+                f.unlink()
+    return counts
 
 
 def step_overhead(sandbox: Sandbox, quick: bool) -> dict[str, Any]:
@@ -225,8 +267,19 @@ def step_overhead(sandbox: Sandbox, quick: bool) -> dict[str, Any]:
             f"{len(per_set)} processes, plait/raw per process {min(per_set):.3f}-{max(per_set):.3f}; "
             f"plait adds {result['overhead_us']:.1f} us/step",
         ))
+    instructions = None if quick else _instruction_counts(sandbox)
+    for (model, accumulation), per_step in (instructions or {}).items():
+        accumulate = "with accumulate (k=4)" if accumulation > 1 else "without accumulate"
+        ratios = {c: per_step[c] / per_step["raw"] for c in per_step if c != "raw"}
+        rows.append(row(
+            "step_overhead", f"instructions per step, {MODEL_LABEL[model]}, {accumulate} (callgrind)", "instr/step",
+            {c: round(v) for c, v in per_step.items()}, ratios, "-", "info",
+            f"plait adds {per_step['plait'] - per_step['raw']:.0f} instructions per step; deterministic, "
+            "but blind to what cache misses add to the time",
+        ))
     return {
         "mode": "quick" if quick else "full",
+        "instructions_per_step": {f"{m}-k{k}": v for (m, k), v in (instructions or {}).items()},
         "paired_mlp": {str(k): v for k, v in paired.items()},
         "settings": {
             "threads": 1,

@@ -114,3 +114,43 @@ def test_skip_first_batches_on_a_plain_dataloader():
     assert [b.tolist() for b in accelerator.skip_first_batches(loader, 0)] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
     assert list(accelerator.skip_first_batches(loader, 5)) == []
     assert [b.tolist() for b in plait.skip_first_batches(loader, 3)] == [[9]]
+
+
+def test_batches_on_a_cpu_only_machine_are_yielded_as_the_dataloader_made_them():
+    # No accelerator exists here, so no tensor can be anywhere but the CPU: nothing runs per batch.
+    assert not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=True)
+    rows = [torch.full((2,), float(i)) for i in range(4)]
+    loader = accelerator.prepare(DataLoader(rows, batch_size=2, collate_fn=lambda batch: batch))
+
+    assert loader.place is None
+    batches = list(loader)
+    assert len(batches) == 2
+    assert all(got is row for got, row in zip(batches[0] + batches[1], rows))
+
+
+def test_cpu_batches_are_checked_and_moved_when_an_accelerator_exists(monkeypatch):
+    # With an accelerator, a batch may hold tensors off the CPU: each batch is checked, and only
+    # one that is not all on the CPU is moved (here a structure send_to_device rebuilds).
+    from plait.builtin import placement
+
+    monkeypatch.setattr(placement, "_only_cpu_tensors", lambda: False)
+    moved = []
+
+    class Boxed:
+        def __init__(self, tensor: torch.Tensor) -> None:
+            self.tensor = tensor
+
+        def to(self, device: torch.device, non_blocking: bool = False) -> Boxed:
+            moved.append(device)
+            return Boxed(self.tensor.to(device))
+
+    accelerator = Accelerator(cpu=True)
+    rows = [torch.ones(2), torch.zeros(2)]
+    plain = accelerator.prepare(DataLoader(rows, batch_size=2))
+    boxed = accelerator.prepare(DataLoader(rows, batch_size=2, collate_fn=lambda r: [Boxed(torch.stack(r))]))
+
+    assert plain.place is not None
+    assert torch.equal(next(iter(plain)), torch.stack(rows)) and moved == []
+    batch = next(iter(boxed))
+    assert moved == [torch.device("cpu")] and torch.equal(batch[0].tensor, torch.stack(rows))

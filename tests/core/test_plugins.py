@@ -219,6 +219,45 @@ def test_a_plugin_object_wins_over_the_backend(installed_plugins):
     assert type(accelerator.precision) is Precision
 
 
+def test_a_precision_that_is_not_a_plait_precision_is_refused_by_name():
+    class DuckPrecision:
+        def backward(self, loss: Any, **kwargs: Any) -> None:
+            loss.backward(**kwargs)
+
+    class Duck:
+        @hookimpl
+        def plait_precision(self, accelerator: Any) -> Any:
+            return DuckPrecision()
+
+    with pytest.raises(PluginError, match=r"plait_precision returned 'DuckPrecision': expected a plait.precision.Precision"):
+        Accelerator(cpu=True, plugins=[Duck()])
+
+
+def test_a_precision_subclass_that_overrides_the_step_steps_through_it():
+    steps = []
+
+    class CountingPrecision(Precision):
+        def optimizer_step(self, optimizer: Any, closure: Any = None) -> bool:
+            steps.append(optimizer)
+            return super().optimizer_step(optimizer, closure)
+
+    class Counting:
+        @hookimpl
+        def plait_precision(self, accelerator: Any) -> Precision:
+            return CountingPrecision(accelerator.device)
+
+    accelerator = Accelerator(cpu=True, plugins=[Counting()])
+    model = torch.nn.Linear(2, 1)
+    model, optimizer = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    before = model.weight.detach().clone()
+    accelerator.backward(model(torch.ones(1, 2)).sum())
+    optimizer.step()
+
+    assert CountingPrecision.plain_step is False and Precision.plain_step is True
+    assert steps == [optimizer.optimizer]
+    assert not torch.equal(model.weight, before)
+
+
 @pytest.mark.parametrize("name", FIRST_PARTY_BACKENDS)
 def test_a_known_backend_that_is_not_installed_says_how_to_install_it(name):
     if name in installed_backends():

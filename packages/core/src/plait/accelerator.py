@@ -27,6 +27,7 @@ from plait.environment import ProcessEnvironment
 from plait.errors import ConfigError, PluginError
 from plait.launcher_env import detect as detect_launch
 from plait.optimizer import AcceleratedOptimizer
+from plait.precision import Precision
 from plait.project import ProjectConfiguration
 from plait.scheduler import AcceleratedScheduler
 from plait.state import GradientState
@@ -132,10 +133,17 @@ class Accelerator(CheckpointingMixin, CollectivesMixin, TrackersMixin):
         self.device: torch.device = hook.plait_device(config=self.config, environment=self.environment)
         self.gradient_state = GradientState(self.config.gradient_accumulation_steps)
         self.precision = hook.plait_precision(accelerator=self)
+        if not isinstance(self.precision, Precision):
+            raise PluginError(
+                f"plait_precision returned {type(self.precision).__name__!r}: expected a plait.precision.Precision; "
+                "make the plugin's precision class a subclass of it"
+            )
         self.distributed_type = hook.plait_distributed_type(accelerator=self)
 
         self._models: list[torch.nn.Module] = []
         self._no_sync_is_noop: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+        #: The last ``accumulate`` context whose models all have no-op ``no_sync``: stateless, so reused.
+        self._stateless_accumulate: _Accumulate | None = None
         self._optimizers: list[Any] = []
         self._schedulers: list[Any] = []
         self._dataloaders: list[Any] = []
@@ -286,6 +294,9 @@ class Accelerator(CheckpointingMixin, CollectivesMixin, TrackersMixin):
         if self._is_prepared(model):
             return model
         model = self._place(model, device_placement)
+        # Wrapping can change what no_sync does for a module already asked (FSDP2 shards in place).
+        self._no_sync_is_noop.discard(model)
+        self._stateless_accumulate = None
         wrapped = self._pm.hook.plait_wrap_model(accelerator=self, model=model, evaluation_mode=evaluation_mode)
         if self.mixed_precision != "no":
             # On the outermost module, as HF Accelerate does: whatever the backend wrapped runs under autocast.
@@ -326,14 +337,24 @@ class Accelerator(CheckpointingMixin, CollectivesMixin, TrackersMixin):
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
         """Backward of ``loss`` divided by the accumulation steps, scaled when fp16 needs it."""
         steps = self.gradient_state.num_steps
-        if steps != 1 and not self.precision.handles_accumulation:
+        precision = self.precision
+        if steps != 1 and not precision.handles_accumulation:
             loss = loss / steps
-        self.precision.backward(loss, **kwargs)
+        if precision.plain_backward:
+            loss.backward(**kwargs) if kwargs else loss.backward()
+        else:
+            precision.backward(loss, **kwargs)
 
     def accumulate(self, *models: torch.nn.Module) -> contextlib.AbstractContextManager[None]:
         """One micro-step of gradient accumulation: gradients synchronise (and the optimizer steps)
         every ``gradient_accumulation_steps`` micro-steps and on the last batch of the dataloader."""
-        return _Accumulate(self, models)
+        context = self._stateless_accumulate
+        if context is not None and context._models == models:
+            return context
+        context = _Accumulate(self, models)
+        if context._stateless:
+            self._stateless_accumulate = context
+        return context
 
     def _no_sync_context(self, model: torch.nn.Module) -> contextlib.AbstractContextManager[Any] | None:
         # A model whose no_sync is a no-op (one process) is asked once, not on every micro-step.
@@ -400,6 +421,7 @@ class Accelerator(CheckpointingMixin, CollectivesMixin, TrackersMixin):
     def free_memory(self, *objects: Any) -> list[None]:
         """Drop the references this accelerator holds, collect garbage, empty device caches."""
         self._models.clear()
+        self._stateless_accumulate = None
         self._optimizers.clear()
         self._schedulers.clear()
         self._dataloaders.clear()
@@ -421,19 +443,38 @@ class Accelerator(CheckpointingMixin, CollectivesMixin, TrackersMixin):
 
 
 class _Accumulate:
-    """The context ``accumulate`` returns; a class, because it runs on every micro-step."""
+    """The context ``accumulate`` returns; a class, because it runs on every micro-step.
 
-    __slots__ = ("_accelerator", "_models", "_stack")
+    When every model's ``no_sync`` is known to be a no-op (one process) the context
+    holds no state while entered, and the accelerator reuses it from step to step.
+    """
+
+    __slots__ = ("_accelerator", "_models", "_stack", "_state", "_stateless")
 
     def __init__(self, accelerator: Accelerator, models: tuple[torch.nn.Module, ...]) -> None:
         self._accelerator = accelerator
+        self._state = accelerator.gradient_state
         self._models = models
         self._stack: contextlib.ExitStack | None = None
+        # Ask now (once per model and accelerator, remembered) rather than at the first micro-step
+        # that skips synchronisation: until then, every step would build a new context.
+        ask = accelerator._no_sync_context
+        self._stateless = all(ask(model) is None for model in models)
 
     def __enter__(self) -> None:
-        state = self._accelerator.gradient_state
-        state.advance()
-        if state.sync_gradients or not self._models:
+        # Decide whether the micro-step about to run synchronises: on every k-th micro-step, and on
+        # the dataloader's last batch (which also restarts the count).
+        state = self._state
+        if state.end_of_dataloader:
+            state.step = 0
+            state.sync_gradients = True
+            return
+        step = state.step = state.step + 1
+        if step % state.num_steps == 0:
+            state.sync_gradients = True
+            return
+        state.sync_gradients = False
+        if self._stateless:
             return
         no_sync = self._accelerator._no_sync_context
         for model in self._models:
@@ -443,9 +484,12 @@ class _Accumulate:
                     self._stack = contextlib.ExitStack()
                 self._stack.enter_context(context)
 
-    def __exit__(self, *exc: Any) -> bool | None:
-        stack, self._stack = self._stack, None
-        return stack.__exit__(*exc) if stack is not None else None
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool | None:
+        stack = self._stack
+        if stack is None:
+            return None
+        self._stack = None
+        return stack.__exit__(kind, error, traceback)
 
 
 def _default_backend() -> str:

@@ -41,6 +41,12 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
     return int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())
 
 
+def unplaced(batch: Any) -> Any:
+    """The batch placer that leaves every batch where it is (``plait_batch_placer`` may return it);
+    a prepared loader recognises it and calls nothing per batch."""
+    return batch
+
+
 class SeededRandomSampler(Sampler[int]):
     """A :class:`~torch.utils.data.RandomSampler` whose order in epoch ``e`` depends only on ``seed + e``."""
 
@@ -71,10 +77,6 @@ class SeededRandomSampler(Sampler[int]):
         for _ in range(self.num_samples // n):
             yield from torch.randperm(n, generator=generator).tolist()
         yield from torch.randperm(n, generator=generator).tolist()[: self.num_samples % n]
-
-
-#: Sets an attribute without DataLoader.__setattr__'s checks (a Python call per batch otherwise).
-_set = object.__setattr__
 
 
 class SkippableBatchSampler(Sampler[list[int]]):
@@ -224,10 +226,20 @@ class DataLoaderShard(DataLoader):
             )
         self.base_dataloader = dataloader
         self.gradient_state = gradient_state
-        self.place = place
+        self.place = None if place is unplaced else place
         self.epoch = 0
-        self.position = 0
+        #: ``position``, in a list the iteration updates in place: no attribute is set per batch.
+        self._cursor = [0]
         self._skip = 0
+
+    @property
+    def position(self) -> int:
+        """Batches consumed in the current pass."""
+        return self._cursor[0]
+
+    @position.setter
+    def position(self, value: int) -> None:
+        self._cursor[0] = value
 
     # -- HF Accelerate's attribute names ------------------------------------------------------
     @property
@@ -281,12 +293,20 @@ class DataLoaderShard(DataLoader):
         state = self.gradient_state
         state.begin(self)
         place = self.place
+        skippable = self._skippable
         try:
-            # ``yield from`` delegates in C: no second Python loop runs per training step.
-            if self._dispatch:
+            if skippable is not None and not self._dispatch:
+                # The common case, in this very generator: one Python frame resumes per batch.
+                skippable.skip = skip
+                total, position, remainder, cursor = len(skippable), skip, self.remainder, self._cursor
+                for batch in DataLoader.__iter__(self):
+                    position += 1
+                    cursor[0] = position
+                    if position >= total:
+                        self._mark_last(remainder)
+                    yield place(batch) if place is not None else batch
+            elif self._dispatch:
                 yield from self._dispatched(skip, place)
-            elif self._skippable is not None:
-                yield from self._with_length(skip, place)
             else:
                 yield from self._without_length(skip, place)
             self.epoch += 1
@@ -299,12 +319,13 @@ class DataLoaderShard(DataLoader):
         self.gradient_state.remainder = remainder
 
     def _with_length(self, skip: int, place: Callable[[Any], Any] | None) -> Iterator[Any]:
+        """What ``__iter__`` does inline, as a generator of its own (the dispatching rank 0 reads through it)."""
         assert self._skippable is not None
         self._skippable.skip = skip
         total, position = len(self._skippable), skip
-        for batch in super().__iter__():
+        for batch in DataLoader.__iter__(self):
             position += 1
-            _set(self, "position", position)
+            self._cursor[0] = position
             if position >= total:
                 self._mark_last(self.remainder)
             yield place(batch) if place is not None else batch
@@ -315,14 +336,14 @@ class DataLoaderShard(DataLoader):
         position = 0
         for _ in range(skip):
             if next(iterator, _END) is _END:
-                _set(self, "position", position)
+                self._cursor[0] = position
                 return
             position += 1
         current = next(iterator, _END)
         while current is not _END:
             following = next(iterator, _END)
             position += 1
-            _set(self, "position", position)
+            self._cursor[0] = position
             if following is _END:
                 shard = self._iterable_shard
                 # The shard knows how many items were real once its stream ended (in this process only).
@@ -365,7 +386,7 @@ class DataLoaderShard(DataLoader):
             if batch is None:
                 return
             position += 1
-            _set(self, "position", position)
+            self._cursor[0] = position
             size = _rows(batch)
             wanted = rows * layout.num_processes
             if size < wanted and layout.even_batches:

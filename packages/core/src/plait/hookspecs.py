@@ -160,7 +160,8 @@ def plait_batch_placer(accelerator: Accelerator, dataloader: Any) -> Callable[[A
 
     :param accelerator: the accelerator preparing the dataloader.
     :param dataloader: the user's dataloader.
-    :return: a function ``batch -> batch``.
+    :return: a function ``batch -> batch``; :func:`plait.data.unplaced` when batches
+        stay where the dataloader made them (the prepared loader then calls nothing).
 
     Stops at the first non-None result.
     """

@@ -60,11 +60,20 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         if self.gradient_state.sync_gradients:
-            self.optimizer.zero_grad(set_to_none=set_to_none)
+            # No keyword when it is the default: torch's zero_grad sits under wrappers that copy **kwargs.
+            if set_to_none:
+                self.optimizer.zero_grad()
+            else:
+                self.optimizer.zero_grad(set_to_none=False)
 
     def step(self, closure: Callable[[], Any] | None = None) -> None:  # type: ignore[override]
         if self.gradient_state.sync_gradients:
-            self.step_was_skipped = not self.precision.optimizer_step(self.optimizer, closure)
+            precision = self.precision
+            if precision.plain_step and closure is None:
+                self.optimizer.step()
+                self.step_was_skipped = False
+            else:
+                self.step_was_skipped = not precision.optimizer_step(self.optimizer, closure)
 
     def train(self) -> None:
         """Forward to optimizers with a train mode (schedule-free optimizers)."""

@@ -25,6 +25,17 @@ class Precision:
     #: (``Accelerator.backward`` then passes the loss through undivided).
     handles_accumulation: bool = False
 
+    #: Whether :meth:`backward` / :meth:`optimizer_step` are this class's plain ones: the accelerator
+    #: and the prepared optimizer then call ``loss.backward()`` / ``optimizer.step()`` themselves, one
+    #: Python call fewer on every step. Set for each subclass by ``__init_subclass__``.
+    plain_backward: bool = True
+    plain_step: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.plain_backward = cls.backward is Precision.backward
+        cls.plain_step = cls.optimizer_step is Precision.optimizer_step
+
     def __init__(self, device: torch.device) -> None:
         self.device = device
 

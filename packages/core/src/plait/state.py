@@ -21,7 +21,7 @@ class GradientState:
         #: Samples of the last global batch that are real (not padding), -1 when unknown.
         self.remainder = -1
         self.active_dataloaders: list[Any] = []
-        #: Micro-steps taken since the last synchronisation.
+        #: Micro-steps taken since the last synchronisation (advanced by ``accumulate``).
         self.step = 0
 
     @property
@@ -37,12 +37,3 @@ class GradientState:
         if dataloader in self.active_dataloaders:
             self.active_dataloaders.remove(dataloader)
         self.end_of_dataloader = False
-
-    def advance(self) -> None:
-        """Decide whether the micro-step about to run synchronises (called by ``accumulate``)."""
-        if self.end_of_dataloader:
-            self.step = 0
-            self.sync_gradients = True
-        else:
-            self.step += 1
-            self.sync_gradients = self.step % self.num_steps == 0

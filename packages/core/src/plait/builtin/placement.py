@@ -19,19 +19,33 @@ def plait_place_model(accelerator: Accelerator, model: torch.nn.Module) -> torch
     return model.to(accelerator.device)
 
 
-def _identity(batch: Any) -> Any:
-    return batch
-
-
 @hookimpl(trylast=True)
 def plait_batch_placer(accelerator: Accelerator, dataloader: Any) -> Callable[[Any], Any]:
+    from plait.data import unplaced
     from plait.operations import send_to_device
 
     if not accelerator.device_placement:
-        return _identity
+        return unplaced
+    if accelerator.device.type == "cpu" and _only_cpu_tensors():
+        return unplaced
     non_blocking = bool(getattr(dataloader, "pin_memory", False))
     place = functools.partial(send_to_device, device=accelerator.device, non_blocking=non_blocking)
     return _cpu_placer(place) if accelerator.device.type == "cpu" else place
+
+
+def _only_cpu_tensors() -> bool:
+    """Whether every tensor this process can make is on the CPU: no accelerator (CUDA, MPS, XPU,
+    ...) is available and torch_xla is not loaded. Batches then need no placement on the CPU."""
+    import sys
+
+    import torch
+
+    if "torch_xla" in sys.modules:
+        return False
+    accelerators = getattr(torch, "accelerator", None)
+    if accelerators is not None:
+        return not accelerators.is_available()
+    return not torch.cuda.is_available()
 
 
 def _cpu_placer(place: Callable[[Any], Any]) -> Callable[[Any], Any]:
