@@ -170,7 +170,7 @@ def _instruction_counts(sandbox: Sandbox) -> dict[tuple[str, int], dict[str, flo
             prefix = sandbox.scratch / f"callgrind-{contender}-{model}-{k}"
             command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={prefix}.%p", sys.executable,
                        str(HERE / "_instructions.py"), contender, model, str(k), str(INSTRUCTION_EPOCHS)]
-            process = subprocess.Popen(command, cwd=HERE, env=sandbox.env(threads=1), stdout=subprocess.PIPE,
+            process = subprocess.Popen(command, cwd=HERE, env=sandbox.env(threads=1, extra={"PYTHONHASHSEED": "0"}), stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE, text=True)
             running.append((contender, model, k, prefix, process))
         for contender, model, k, prefix, process in running:
