@@ -1,8 +1,9 @@
 """Worker: one contender's prepared training loop, timed in blocks of epochs on the runner's command.
 
 ``main(channel, contender, model, accumulation, warmup_epochs)`` runs in a fresh process
-(see ``_common.Worker``). CONTENDER is raw, plait or accelerate (only that library is imported), or paired: raw and plait
-loops in one process on the same tensors, chosen per block; MODEL is
+(see ``_common.Worker``). CONTENDER is raw, plait or accelerate (only that library is imported), or paired: raw and
+plait loops in one process on identical copies of the model and data, taking turns step by step (``interleave``) or chosen per block
+(``run``); MODEL is
 tiny (Linear(32, 1), batch 8) or mlp (3 x [Linear(512, 512), ReLU], batch 64).
 Every contender does the same work per batch: iterate a shuffling DataLoader over
 a TensorDataset, forward, MSE loss, backward, optimizer step, zero_grad, on one
@@ -13,6 +14,7 @@ Accelerate, by hand for raw PyTorch (loss / k, step when due).
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
@@ -98,6 +100,67 @@ def accelerator_epoch(accelerator: Any, model: Any, optimizer: Any, loader: Any,
     return epoch_accumulating
 
 
+def interleaved(accelerator: Any, model: Any, optimizer: Any, loader: Any, prepared_model: Any,
+                prepared_optimizer: Any, prepared_loader: Any, accumulation: int) -> Any:
+    """One epoch in which the raw loop and plait's take turns step by step, each step timed.
+
+    Each loop has its own copy of the model, optimizer and data; which goes first is drawn
+    for each pair, and a step's time includes fetching its batch. Noise that lasts longer than a
+    step (another tenant, the clock) hits both steps of a pair alike, so the per-pair
+    differences resolve far less than 1% of a step. Returns the epoch function, which
+    returns the per-step times (us) of each loop.
+    """
+    import torch
+
+    mse = torch.nn.functional.mse_loss
+    clock = time.perf_counter
+
+    def raw_step(i: int, last: int, x: Any, y: Any) -> None:
+        loss = mse(model(x), y) / accumulation
+        loss.backward()
+        if i % accumulation == 0 or i == last:
+            optimizer.step()
+            optimizer.zero_grad()
+
+    def plait_step(x: Any, y: Any) -> None:
+        with accelerator.accumulate(prepared_model):
+            loss = mse(prepared_model(x), y)
+            accelerator.backward(loss)
+            prepared_optimizer.step()
+            prepared_optimizer.zero_grad()
+
+    # Who goes first is drawn for each pair: strict alternation would tie the order to the step's
+    # parity, and so to the accumulation's synchronising steps (and the loop that ran last is warmer).
+    coin = random.Random(SEED)
+
+    def epoch() -> dict[str, list[float]]:
+        raw_times, plait_times = [], []
+        raw_batches, plait_batches = iter(loader), iter(prepared_loader)
+        last = len(loader)
+        for i in range(1, last + 1):
+            if coin.random() < 0.5:
+                start = clock()
+                raw_step(i, last, *next(raw_batches))
+                middle = clock()
+                plait_step(*next(plait_batches))
+                end = clock()
+                raw_times.append(middle - start)
+                plait_times.append(end - middle)
+            else:
+                start = clock()
+                plait_step(*next(plait_batches))
+                middle = clock()
+                raw_step(i, last, *next(raw_batches))
+                end = clock()
+                plait_times.append(middle - start)
+                raw_times.append(end - middle)
+        for _ in plait_batches:  # ends plait's pass (its epoch counter), as a for loop would
+            raise AssertionError("the prepared loader has more batches than the raw one")
+        return {"raw": [t * 1e6 for t in raw_times], "plait": [t * 1e6 for t in plait_times]}
+
+    return epoch
+
+
 def prepared_epoch(contender: str, model: Any, optimizer: Any, loader: Any, accumulation: int) -> tuple[Any, Any]:
     """CONTENDER's (plait or accelerate) epoch function over the prepared objects, and its prepared loader."""
     if contender == "plait":
@@ -121,16 +184,17 @@ def main(channel: Channel, contender: str, model_name: str, accumulation_text: s
     if contender == "raw":
         epoch = raw_epoch(model, optimizer, loader, accumulation)
     elif contender == "paired":
-        # raw PyTorch and plait in one process on the very same model, optimizer and data tensors
-        # (plait's single-process prepare keeps the module itself), so that only the loop code differs.
+        # raw PyTorch and plait in one process, each on its own identical copy of the model, optimizer and
+        # data (build is seeded): with accumulation, one loop must not add to or zero the other's gradients.
         from plait import Accelerator
 
-        epochs["raw"] = raw_epoch(model, optimizer, loader, accumulation)
+        raw_model, raw_optimizer, raw_loader = build(model_name)
         accelerator = Accelerator(cpu=True, gradient_accumulation_steps=accumulation)
-        prepared, prepared_optimizer, prepared_loader = accelerator.prepare(model, optimizer, loader)
-        assert prepared is model
-        epoch = epochs["plait"] = accelerator_epoch(accelerator, prepared, prepared_optimizer, prepared_loader,
-                                                    accumulation)
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+        epochs["interleave"] = interleaved(accelerator, raw_model, raw_optimizer, raw_loader, model, optimizer,
+                                           loader, accumulation)
+        epoch = epochs["plait"] = accelerator_epoch(accelerator, model, optimizer, loader, accumulation)
+        epochs["raw"] = raw_epoch(raw_model, raw_optimizer, raw_loader, accumulation)
         for _ in range(warmup):
             epochs["raw"]()
     else:
@@ -139,6 +203,13 @@ def main(channel: Channel, contender: str, model_name: str, accumulation_text: s
         epoch()
     steps_per_epoch = len(loader)
     epochs_by_loop = epochs
+
+    def interleave(epochs: int) -> dict[str, list[float]]:
+        times: dict[str, list[float]] = {"raw": [], "plait": []}
+        for _ in range(epochs):
+            for loop, values in epochs_by_loop["interleave"]().items():
+                times[loop] += values
+        return times
 
     def run(epochs: int, loop: str | None = None) -> dict[str, Any]:
         one = epochs_by_loop[loop] if loop is not None else epoch
@@ -149,4 +220,5 @@ def main(channel: Channel, contender: str, model_name: str, accumulation_text: s
         wall = time.perf_counter() - wall
         return {"wall": wall, "cpu": cpu, "steps": epochs * steps_per_epoch}
 
-    serve(channel, {"run": run}, {"ready": True, "steps_per_epoch": steps_per_epoch, "threads": torch.get_num_threads()})
+    serve(channel, {"run": run, "interleave": interleave},
+          {"ready": True, "steps_per_epoch": steps_per_epoch, "threads": torch.get_num_threads()})

@@ -99,10 +99,15 @@ def markdown(results: dict[str, Any]) -> str:
         "turn (rotating the order), so each block gives a paired ratio; a set's ratio is the median of its "
         "blocks', the ratio shown the median over sets, the time per step the median over all blocks. "
         "Each set also runs raw PyTorch a second time as a contender (A/A control, in the note): its "
-        "distance from 1.000x is the noise of the machine and of process-to-process differences. On a "
-        "shared 2-core machine that noise is wider than 1%, so the MLP's ratio is also derived from the "
+        "distance from 1.000x is the noise of the machine and of process-to-process differences, and a row "
+        "whose control is off by more than the margin it judges is marked noisy, not judged. On a "
+        "shared 2-core machine that noise is often wider than 1%, so the MLP is also measured inside one "
+        "process, plait's steps and raw ones taking turns (on identical copies of the model and data, who "
+        "goes first drawn per pair), and derived from the "
         "tiny model's absolute overhead (us/step, which does not grow with the model) over the MLP's raw "
-        "step time.",
+        "step time. Instruction counts (valgrind's callgrind, where installed; `_instructions.py`) count "
+        "what each loop executes per step over 4 epochs after 2 warm-up epochs, start-up excluded: the "
+        "same code gives the same count whatever else the machine runs.",
         "- startup: fresh `python -c` processes, interleaved, with one warmed bytecode cache for all. The "
         "verdict is on the in-process time of `import plait; plait.Accelerator` after `import torch`; "
         "the wall-time difference is shown for reference (the spread of `import torch` alone is larger "

@@ -103,42 +103,45 @@ def _step_set(model: str, accumulation: int, epochs: int, warmup: int, blocks: i
             worker.close()
 
 
-PAIRED_PLAN = (8, 16)  # processes, blocks of (raw, plait) per process
-PAIRED_QUICK = (2, 4)
+PAIRED_PLAN = (4, 16)  # processes, epochs of 50 interleaved (raw, plait) step pairs per process
+PAIRED_QUICK = (1, 3)
 
 
 def _paired_mlp(quick: bool) -> dict[int, dict[str, Any]]:
-    """The MLP's loops compared inside one process, on the very same model, optimizer and data tensors.
+    """The MLP's loops compared inside one process, each on its own identical copy of the model and data.
 
     Between separate processes the MLP's step time varies by several percent (memory
-    layout), more than the 1% target; here only the loop code differs. Raw and plait
-    blocks alternate, rotating which goes first; a process's ratio is the median of its
-    paired blocks, the reported ratio the median over processes.
+    layout), and within one process by several percent from one block of steps to the
+    next (other tenants of the machine), more than the 1% target. Here the raw loop and
+    plait's take turns step by step (``_step_worker.interleaved``), so a pair of steps
+    shares the machine's state; the ratio is the median over every pair of plait's
+    step time / raw's, pooled over processes (some 3,000 pairs), its spread the
+    interquartile range of the per-process medians.
     """
-    processes, blocks = PAIRED_QUICK if quick else PAIRED_PLAN
+    processes, epochs = PAIRED_QUICK if quick else PAIRED_PLAN
     results: dict[int, dict[str, Any]] = {}
     for accumulation in (1, 4):
-        ratios, overheads, times = [], [], {"raw": [], "plait": []}
+        ratios: list[float] = []
+        per_process: list[float] = []
+        times: dict[str, list[float]] = {"raw": [], "plait": []}
         for p in range(processes):
-            log(f"step_overhead mlp accumulation={accumulation} paired in one process: {p + 1}/{processes}")
+            log(f"step_overhead mlp accumulation={accumulation} interleaved in one process: {p + 1}/{processes}")
             worker = Worker("_step_worker:main", ("paired", "mlp", str(accumulation), "1" if quick else "2"))
             try:
                 worker.start()
-                got: dict[str, list[float]] = {"raw": [], "plait": []}
-                for b in range(blocks):
-                    for loop in rotated(("raw", "plait"), p + b):
-                        answer = worker.ask(op="run", epochs=1, loop=loop)
-                        got[loop].append(answer["wall"] / answer["steps"] * 1e6)
+                got = worker.ask(op="interleave", epochs=epochs)
             finally:
                 worker.close()
-            ratios.append(median(x / r for x, r in zip(got["plait"], got["raw"])))
-            overheads.append(median(x - r for x, r in zip(got["plait"], got["raw"])))
+            mine = [x / r for x, r in zip(got["plait"], got["raw"])]
+            ratios += mine
+            per_process.append(median(mine))
             for loop in times:
                 times[loop] += got[loop]
         results[accumulation] = {
             "ratio": median(ratios),
-            "ratio_per_set": [round(r, 4) for r in ratios],
-            "overhead_us": median(overheads),
+            "pairs": len(ratios),
+            "ratio_per_set": [round(r, 4) for r in per_process],
+            "overhead_us": median(x - r for x, r in zip(times["plait"], times["raw"])),
             "per_step_us": {loop: median(v) for loop, v in times.items()},
         }
     return results
@@ -170,8 +173,9 @@ def _instruction_counts(sandbox: Sandbox) -> dict[tuple[str, int], dict[str, flo
             prefix = sandbox.scratch / f"callgrind-{contender}-{model}-{k}"
             command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={prefix}.%p", sys.executable,
                        str(HERE / "_instructions.py"), contender, model, str(k), str(INSTRUCTION_EPOCHS)]
-            process = subprocess.Popen(command, cwd=HERE, env=sandbox.env(threads=1, extra={"PYTHONHASHSEED": "0"}), stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True)
+            env = sandbox.env(threads=1, extra={"PYTHONHASHSEED": "0"})
+            process = subprocess.Popen(command, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True)
             running.append((contender, model, k, prefix, process))
         for contender, model, k, prefix, process in running:
             out, err = process.communicate()
@@ -234,11 +238,18 @@ def step_overhead(sandbox: Sandbox, quick: bool) -> dict[str, Any]:
         plait_ratio = cfg["ratio"]["plait"]
         accumulate = "with accumulate (k=4)" if cfg["accumulation"] > 1 else "without accumulate"
         per_set = cfg["ratio_per_set"]["plait"]
+        control = cfg["ratio"]["raw_control"]
         note = (f"plait/raw per set {min(per_set):.3f}-{max(per_set):.3f}; raw/raw A/A control "
-                f"{cfg['ratio']['raw_control']:.3f}; plait adds {cfg['overhead_us']['plait']:.1f} us/step")
+                f"{control:.3f}; plait adds {cfg['overhead_us']['plait']:.1f} us/step")
+        status = "PASS" if plait_ratio <= target else "FAIL"
+        if abs(control - 1) > target - 1:
+            # raw against itself is off by more than the margin being judged: this run cannot tell.
+            status = "noisy"
+            note += (f"; not judged: the A/A control is {abs(control - 1):.1%} off, more than the "
+                     f"{target - 1:.0%} margin")
         rows.append(row(
             "step_overhead", f"per-step time, {MODEL_LABEL[cfg['model']]}, {accumulate}", "us/step",
-            cfg["per_step_us"], cfg["ratio"], f"<= {target:.2f}x", "PASS" if plait_ratio <= target else "FAIL", note,
+            cfg["per_step_us"], cfg["ratio"], f"<= {target:.2f}x", status, note,
         ))
         tiny = by_key.get(("tiny", cfg["accumulation"]))
         if cfg["model"] == "mlp" and tiny is not None:
@@ -261,11 +272,12 @@ def step_overhead(sandbox: Sandbox, quick: bool) -> dict[str, Any]:
         per_set = result["ratio_per_set"]
         rows.append(row(
             "step_overhead",
-            f"per-step time, MLP, {accumulate}: plait loop / raw loop in one process on the same tensors", "us/step",
+            f"per-step time, MLP, {accumulate}: plait / raw, steps taking turns in one process", "us/step",
             result["per_step_us"], {"plait": result["ratio"]}, f"<= {target:.2f}x",
             "PASS" if result["ratio"] <= target else "FAIL",
-            f"{len(per_set)} processes, plait/raw per process {min(per_set):.3f}-{max(per_set):.3f}; "
-            f"plait adds {result['overhead_us']:.1f} us/step",
+            f"{result['pairs']} step pairs in {len(per_set)} processes, plait/raw median per process "
+            f"{min(per_set):.3f}-{max(per_set):.3f}; plait adds {result['overhead_us']:.1f} us/step (median of "
+            "the pairs' differences)",
         ))
     instructions = None if quick else _instruction_counts(sandbox)
     for (model, accumulation), per_step in (instructions or {}).items():
