@@ -1,9 +1,9 @@
 """Worker: one contender's prepared training loop, timed in blocks of epochs on the runner's command.
 
-``main(channel, contender, model, accumulation, warmup_epochs)`` runs in a fresh process
-(see ``_common.Worker``). CONTENDER is raw, plait or accelerate (only that library is imported), or paired: raw and
-plait loops in one process on identical copies of the model and data, taking turns step by step (``interleave``) or chosen per block
-(``run``); MODEL is
+``main(channel, contender, model, accumulation, warmup_epochs[, rotation])`` runs in a fresh process
+(see ``_common.Worker``). CONTENDER is raw, plait or accelerate (only that library is imported), or paired: plait's loop
+and two raw ones in one process, each on its own identical copy of the model and data, taking turns step by step
+(``interleave``) or chosen per block (``run``); MODEL is
 tiny (Linear(32, 1), batch 8) or mlp (3 x [Linear(512, 512), ReLU], batch 64).
 Every contender does the same work per batch: iterate a shuffling DataLoader over
 a TensorDataset, forward, MSE loss, backward, optimizer step, zero_grad, on one
@@ -100,22 +100,24 @@ def accelerator_epoch(accelerator: Any, model: Any, optimizer: Any, loader: Any,
     return epoch_accumulating
 
 
-def interleaved(accelerator: Any, model: Any, optimizer: Any, loader: Any, prepared_model: Any,
+def interleaved(accelerator: Any, raw_copies: dict[str, tuple[Any, Any, Any]], prepared_model: Any,
                 prepared_optimizer: Any, prepared_loader: Any, accumulation: int) -> Any:
-    """One epoch in which the raw loop and plait's take turns step by step, each step timed.
+    """One epoch in which plait's loop and raw ones take turns step by step, each step timed.
 
-    Each loop has its own copy of the model, optimizer and data; which goes first is drawn
-    for each pair, and a step's time includes fetching its batch. Noise that lasts longer than a
-    step (another tenant, the clock) hits both steps of a pair alike, so the per-pair
-    differences resolve far less than 1% of a step. Returns the epoch function, which
-    returns the per-step times (us) of each loop.
+    RAW_COPIES names raw loops (``raw`` and ``raw_control``), each with its own copy of
+    the model, optimizer and loader, as plait's loop has. At each step every loop runs
+    once, in an order drawn for that step; a step's time includes fetching its batch.
+    Noise that lasts longer than a few steps (another tenant, the clock) hits a step's
+    loops alike, and the second raw copy is an A/A control of what remains (the copies'
+    memory layout, order effects). Returns the epoch function, which returns each loop's
+    per-step times (us).
     """
     import torch
 
     mse = torch.nn.functional.mse_loss
     clock = time.perf_counter
 
-    def raw_step(i: int, last: int, x: Any, y: Any) -> None:
+    def raw_step(model: Any, optimizer: Any, i: int, last: int, x: Any, y: Any) -> None:
         loss = mse(model(x), y) / accumulation
         loss.backward()
         if i % accumulation == 0 or i == last:
@@ -129,34 +131,31 @@ def interleaved(accelerator: Any, model: Any, optimizer: Any, loader: Any, prepa
             prepared_optimizer.step()
             prepared_optimizer.zero_grad()
 
-    # Who goes first is drawn for each pair: strict alternation would tie the order to the step's
-    # parity, and so to the accumulation's synchronising steps (and the loop that ran last is warmer).
-    coin = random.Random(SEED)
+    # The order is drawn for each step: a fixed rotation would tie it to the step's index, and so to the
+    # accumulation's synchronising steps (and a loop that ran just before is warmer).
+    shuffle = random.Random(SEED).shuffle
+    names = ["plait", *raw_copies]
 
     def epoch() -> dict[str, list[float]]:
-        raw_times, plait_times = [], []
-        raw_batches, plait_batches = iter(loader), iter(prepared_loader)
-        last = len(loader)
+        times: dict[str, list[float]] = {name: [] for name in names}
+        batches = {name: iter(copy[2]) for name, copy in raw_copies.items()}
+        plait_batches = iter(prepared_loader)
+        last = len(prepared_loader)
+        order = list(names)
         for i in range(1, last + 1):
-            if coin.random() < 0.5:
-                start = clock()
-                raw_step(i, last, *next(raw_batches))
-                middle = clock()
-                plait_step(*next(plait_batches))
-                end = clock()
-                raw_times.append(middle - start)
-                plait_times.append(end - middle)
-            else:
-                start = clock()
-                plait_step(*next(plait_batches))
-                middle = clock()
-                raw_step(i, last, *next(raw_batches))
-                end = clock()
-                plait_times.append(middle - start)
-                raw_times.append(end - middle)
+            shuffle(order)
+            for name in order:
+                if name == "plait":
+                    start = clock()
+                    plait_step(*next(plait_batches))
+                else:
+                    model, optimizer, _ = raw_copies[name]
+                    start = clock()
+                    raw_step(model, optimizer, i, last, *next(batches[name]))
+                times[name].append((clock() - start) * 1e6)
         for _ in plait_batches:  # ends plait's pass (its epoch counter), as a for loop would
-            raise AssertionError("the prepared loader has more batches than the raw one")
-        return {"raw": [t * 1e6 for t in raw_times], "plait": [t * 1e6 for t in plait_times]}
+            raise AssertionError("the prepared loader has more batches than the raw ones")
+        return times
 
     return epoch
 
@@ -174,7 +173,8 @@ def prepared_epoch(contender: str, model: Any, optimizer: Any, loader: Any, accu
     return accelerator_epoch(accelerator, model, optimizer, loader, accumulation), loader
 
 
-def main(channel: Channel, contender: str, model_name: str, accumulation_text: str, warmup_text: str) -> None:
+def main(channel: Channel, contender: str, model_name: str, accumulation_text: str, warmup_text: str,
+         rotation_text: str = "0") -> None:
     accumulation, warmup = int(accumulation_text), int(warmup_text)
     import torch
 
@@ -184,19 +184,23 @@ def main(channel: Channel, contender: str, model_name: str, accumulation_text: s
     if contender == "raw":
         epoch = raw_epoch(model, optimizer, loader, accumulation)
     elif contender == "paired":
-        # raw PyTorch and plait in one process, each on its own identical copy of the model, optimizer and
-        # data (build is seeded): with accumulation, one loop must not add to or zero the other's gradients.
+        # raw PyTorch (twice) and plait in one process, each on its own identical copy of the model,
+        # optimizer and data (build is seeded): with accumulation, no loop may add to or zero another's
+        # gradients. The copies are built in a rotating order (memory layout).
         from plait import Accelerator
 
-        raw_model, raw_optimizer, raw_loader = build(model_name)
+        names = ["plait", "raw", "raw_control"]
+        turn = int(rotation_text) % len(names)
+        copies = {name: build(model_name) for name in names[turn:] + names[:turn]}
         accelerator = Accelerator(cpu=True, gradient_accumulation_steps=accumulation)
-        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-        epochs["interleave"] = interleaved(accelerator, raw_model, raw_optimizer, raw_loader, model, optimizer,
-                                           loader, accumulation)
+        model, optimizer, loader = accelerator.prepare(*copies.pop("plait"))
+        epochs["interleave"] = interleaved(accelerator, copies, model, optimizer, loader, accumulation)
         epoch = epochs["plait"] = accelerator_epoch(accelerator, model, optimizer, loader, accumulation)
-        epochs["raw"] = raw_epoch(raw_model, raw_optimizer, raw_loader, accumulation)
-        for _ in range(warmup):
-            epochs["raw"]()
+        epochs["raw"] = raw_epoch(*copies["raw"], accumulation)
+        for copy in copies.values():
+            warm = raw_epoch(*copy, accumulation)
+            for _ in range(warmup):
+                warm()
     else:
         epoch, loader = prepared_epoch(contender, model, optimizer, loader, accumulation)
     for _ in range(warmup):
@@ -205,10 +209,10 @@ def main(channel: Channel, contender: str, model_name: str, accumulation_text: s
     epochs_by_loop = epochs
 
     def interleave(epochs: int) -> dict[str, list[float]]:
-        times: dict[str, list[float]] = {"raw": [], "plait": []}
+        times: dict[str, list[float]] = {}
         for _ in range(epochs):
             for loop, values in epochs_by_loop["interleave"]().items():
-                times[loop] += values
+                times.setdefault(loop, []).extend(values)
         return times
 
     def run(epochs: int, loop: str | None = None) -> dict[str, Any]:
