@@ -3,7 +3,7 @@
 ``main(channel, contender, model, accumulation, warmup_epochs[, rotation])`` runs in a fresh process
 (see ``_common.Worker``). CONTENDER is raw, plait or accelerate (only that library is imported), or paired: plait's loop
 and two raw ones in one process, each on its own identical copy of the model and data, taking turns step by step
-(``interleave``) or chosen per block (``run``); MODEL is
+(``interleave``; its ``run`` times plait's loop alone); MODEL is
 tiny (Linear(32, 1), batch 8) or mlp (3 x [Linear(512, 512), ReLU], batch 64).
 Every contender does the same work per batch: iterate a shuffling DataLoader over
 a TensorDataset, forward, MSE loss, backward, optimizer step, zero_grad, on one
@@ -179,11 +179,8 @@ def main(channel: Channel, contender: str, model_name: str, accumulation_text: s
     import torch
 
     torch.set_num_threads(1)
-    model, optimizer, loader = build(model_name)
-    epochs: dict[str, Any] = {}
-    if contender == "raw":
-        epoch = raw_epoch(model, optimizer, loader, accumulation)
-    elif contender == "paired":
+    interleave_epoch: Any = None
+    if contender == "paired":
         # raw PyTorch (twice) and plait in one process, each on its own identical copy of the model,
         # optimizer and data (build is seeded): with accumulation, no loop may add to or zero another's
         # gradients. The copies are built in a rotating order (memory layout).
@@ -194,32 +191,32 @@ def main(channel: Channel, contender: str, model_name: str, accumulation_text: s
         copies = {name: build(model_name) for name in names[turn:] + names[:turn]}
         accelerator = Accelerator(cpu=True, gradient_accumulation_steps=accumulation)
         model, optimizer, loader = accelerator.prepare(*copies.pop("plait"))
-        epochs["interleave"] = interleaved(accelerator, copies, model, optimizer, loader, accumulation)
-        epoch = epochs["plait"] = accelerator_epoch(accelerator, model, optimizer, loader, accumulation)
-        epochs["raw"] = raw_epoch(*copies["raw"], accumulation)
+        interleave_epoch = interleaved(accelerator, copies, model, optimizer, loader, accumulation)
+        epoch = accelerator_epoch(accelerator, model, optimizer, loader, accumulation)
         for copy in copies.values():
             warm = raw_epoch(*copy, accumulation)
             for _ in range(warmup):
                 warm()
+    elif contender == "raw":
+        model, optimizer, loader = build(model_name)
+        epoch = raw_epoch(model, optimizer, loader, accumulation)
     else:
-        epoch, loader = prepared_epoch(contender, model, optimizer, loader, accumulation)
+        epoch, loader = prepared_epoch(contender, *build(model_name), accumulation)
     for _ in range(warmup):
         epoch()
     steps_per_epoch = len(loader)
-    epochs_by_loop = epochs
 
     def interleave(epochs: int) -> dict[str, list[float]]:
         times: dict[str, list[float]] = {}
         for _ in range(epochs):
-            for loop, values in epochs_by_loop["interleave"]().items():
+            for loop, values in interleave_epoch().items():
                 times.setdefault(loop, []).extend(values)
         return times
 
-    def run(epochs: int, loop: str | None = None) -> dict[str, Any]:
-        one = epochs_by_loop[loop] if loop is not None else epoch
+    def run(epochs: int) -> dict[str, Any]:
         wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(epochs):
-            one()
+            epoch()
         cpu = time.process_time() - cpu
         wall = time.perf_counter() - wall
         return {"wall": wall, "cpu": cpu, "steps": epochs * steps_per_epoch}

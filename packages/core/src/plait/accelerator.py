@@ -141,7 +141,8 @@ class Accelerator(CheckpointingMixin, CollectivesMixin, TrackersMixin):
         self.distributed_type = hook.plait_distributed_type(accelerator=self)
 
         self._models: list[torch.nn.Module] = []
-        self._no_sync_is_noop: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+        #: Per model, whether its ``no_sync`` is a no-op (one process): asked once, then remembered.
+        self._no_sync_is_noop: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
         #: The last ``accumulate`` context whose models all have no-op ``no_sync``: stateless, so reused.
         self._stateless_accumulate: _Accumulate | None = None
         self._optimizers: list[Any] = []
@@ -295,7 +296,7 @@ class Accelerator(CheckpointingMixin, CollectivesMixin, TrackersMixin):
             return model
         model = self._place(model, device_placement)
         # Wrapping can change what no_sync does for a module already asked (FSDP2 shards in place).
-        self._no_sync_is_noop.discard(model)
+        self._no_sync_is_noop.pop(model, None)
         self._stateless_accumulate = None
         wrapped = self._pm.hook.plait_wrap_model(accelerator=self, model=model, evaluation_mode=evaluation_mode)
         if self.mixed_precision != "no":
@@ -358,13 +359,16 @@ class Accelerator(CheckpointingMixin, CollectivesMixin, TrackersMixin):
 
     def _no_sync_context(self, model: torch.nn.Module) -> contextlib.AbstractContextManager[Any] | None:
         # A model whose no_sync is a no-op (one process) is asked once, not on every micro-step.
-        if model in self._no_sync_is_noop:
+        if self._no_sync_is_noop.get(model):
             return None
         context = self.no_sync(model)
-        if type(context) is contextlib.nullcontext:
-            self._no_sync_is_noop.add(model)
-            return None
-        return context
+        noop = self._no_sync_is_noop[model] = type(context) is contextlib.nullcontext
+        return None if noop else context
+
+    def _no_sync_is_known_noop(self, model: torch.nn.Module) -> bool:
+        """Whether ``model``'s ``no_sync`` is a no-op, asking the hook only the first time."""
+        known = self._no_sync_is_noop.get(model)
+        return self._no_sync_context(model) is None if known is None else known
 
     def no_sync(self, model: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
         """A context in which backward does not synchronise ``model``'s gradients across processes."""
@@ -456,10 +460,10 @@ class _Accumulate:
         self._state = accelerator.gradient_state
         self._models = models
         self._stack: contextlib.ExitStack | None = None
-        # Ask now (once per model and accelerator, remembered) rather than at the first micro-step
-        # that skips synchronisation: until then, every step would build a new context.
-        ask = accelerator._no_sync_context
-        self._stateless = all(ask(model) is None for model in models)
+        # Known now (asked once per model and accelerator, then remembered) rather than at the first
+        # micro-step that skips synchronisation: until then, every step would build a new context.
+        noop = accelerator._no_sync_is_known_noop
+        self._stateless = all(noop(model) for model in models)
 
     def __enter__(self) -> None:
         # Decide whether the micro-step about to run synchronises: on every k-th micro-step, and on
