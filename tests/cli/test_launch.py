@@ -19,8 +19,8 @@ if str(Path(__file__).parent) not in sys.path:
 from cli_helpers import SCRIPTS, free_port, plait, read_report, start_plait
 
 from plait.config import resolve_config
+from plait_cli.cli_state import CliState
 from plait_cli.launch import LaunchRequest, make_plan
-from plait_cli.state import CliState
 
 TRAIN = str(SCRIPTS / "train.py")
 MARKER = str(SCRIPTS / "marker.py")

@@ -102,6 +102,7 @@ def _install_hook_recorder() -> None:
         return
     _recorder_installed = True
     import plait.accelerator  # binds call_each, so that it is wrapped there too
+    import plait.plugins.manager
     import plait.tracking
 
     def before(hook_name: str, hook_impls: Any, kwargs: Any) -> None:
@@ -110,7 +111,7 @@ def _install_hook_recorder() -> None:
     def after(outcome: Any, hook_name: str, hook_impls: Any, kwargs: Any) -> None:
         pass
 
-    original_new_manager = plugins_module.new_manager
+    original_new_manager = plait.plugins.manager.new_manager
 
     def recording_new_manager() -> Any:
         pm = original_new_manager()
@@ -123,6 +124,8 @@ def _install_hook_recorder() -> None:
         _CALLED_HOOKS.add(hook_name)
         original_call_each(pm, hook_name, *args, **kwargs)
 
+    # Where the Accelerator finds it (plait.plugins.manager), and where tests import it from (plait.plugins).
+    _RECORDER_PATCHES.setattr(plait.plugins.manager, "new_manager", recording_new_manager)
     _RECORDER_PATCHES.setattr(plugins_module, "new_manager", recording_new_manager)
     for name, module in list(sys.modules.items()):
         if name.split(".")[0] == "plait" and getattr(module, "call_each", None) is original_call_each:

@@ -18,18 +18,19 @@ from torch.utils.data import DataLoader
 
 import plait
 from plait import Accelerator, ProjectConfiguration
-from plait.environment import ProcessEnvironment
+from plait.process import ProcessEnvironment
 
 
 class ShutdownRecorder:
-    """A plugin recording shutdowns (the built-in implementation still runs)."""
+    """A plugin recording shutdowns, around the built-in implementation (which still runs)."""
 
     def __init__(self, events: list[str]) -> None:
         self.events = events
 
-    @plait.hookimpl
+    @plait.hookimpl(wrapper=True)
     def plait_shutdown(self, accelerator):
         self.events.append("shutdown")
+        return (yield)
 
 
 class PretendProcess:

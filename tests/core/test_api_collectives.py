@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from plait import Accelerator
-from plait._collectives import split_for_process
+from plait.collectives import split_for_process
 
 
 @pytest.fixture

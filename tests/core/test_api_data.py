@@ -132,9 +132,9 @@ def test_batches_on_a_cpu_only_machine_are_yielded_as_the_dataloader_made_them()
 def test_cpu_batches_are_checked_and_moved_when_an_accelerator_exists(monkeypatch):
     # With an accelerator, a batch may hold tensors off the CPU: each batch is checked, and only
     # one that is not all on the CPU is moved (here a structure send_to_device rebuilds).
-    from plait.builtin import placement
+    from plait.data import placement
 
-    monkeypatch.setattr(placement, "_only_cpu_tensors", lambda: False)
+    monkeypatch.setattr(placement, "only_cpu_tensors", lambda: False)
     moved = []
 
     class Boxed:

@@ -12,22 +12,36 @@ import torch
 
 import plait
 from plait import Accelerator
-from plait.environment import ProcessEnvironment
+from plait.collectives import Collectives
+from plait.process import ProcessEnvironment
+
+
+class RecordingCollectives(Collectives):
+    """One process's collectives, whose barriers are recorded in ``events``."""
+
+    def __init__(self, environment, device, events: list[str]) -> None:
+        super().__init__(environment, device)
+        self.events = events
+
+    def barrier(self) -> None:
+        self.events.append("barrier")
+        super().barrier()
 
 
 class Recorder:
-    """A plugin recording barriers and shutdowns (the built-in implementations still run)."""
+    """A plugin recording barriers (its collectives) and shutdowns (around the built-in one, which still runs)."""
 
     def __init__(self, events: list[str]) -> None:
         self.events = events
 
     @plait.hookimpl
-    def plait_barrier(self, accelerator):
-        self.events.append("barrier")
+    def plait_collectives(self, environment, device):
+        return RecordingCollectives(environment, device, self.events)
 
-    @plait.hookimpl
+    @plait.hookimpl(wrapper=True)
     def plait_shutdown(self, accelerator):
         self.events.append("shutdown")
+        return (yield)
 
 
 class PretendProcess:
@@ -45,9 +59,9 @@ class PretendProcess:
         return self.environment
 
     @plait.hookimpl
-    def plait_barrier(self, accelerator):
-        self.events.append("barrier")
-        return True
+    def plait_collectives(self, environment, device):
+        # A pretend job has no process group: one process's collectives, barriers recorded.
+        return RecordingCollectives(environment, device, self.events)
 
 
 # --------------------------------------------------------------------------- processes

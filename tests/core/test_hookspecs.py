@@ -15,8 +15,8 @@ import pluggy
 import pytest
 
 from plait import hookspecs
-from plait._markers import PROJECT_NAME
 from plait.plugins import BUILTIN_MODULES, SPEC_NAMES, hook_names, new_manager
+from plait.plugins.markers import PROJECT_NAME
 
 FIRSTRESULT_SENTENCE = "Stops at the first non-None result."
 
@@ -77,7 +77,7 @@ def _type_namespace() -> dict[str, object]:
     """hookspecs' globals plus what it imports under TYPE_CHECKING (the annotations are strings)."""
     import torch
 
-    from plait import accelerator, checkpoint, config, environment, precision, wrapping
+    from plait import accelerator, checkpoint, collectives, config, precision, process, training
 
     try:
         import click
@@ -90,9 +90,11 @@ def _type_namespace() -> dict[str, object]:
         "Accelerator": accelerator.Accelerator,
         "CheckpointWriter": checkpoint.CheckpointWriter,
         "Config": config.Config,
-        "ProcessEnvironment": environment.ProcessEnvironment,
+        "Collectives": collectives.Collectives,
+        "ProcessEnvironment": process.ProcessEnvironment,
         "Precision": precision.Precision,
-        "PreparedObjects": wrapping.PreparedObjects,
+        "GradientSyncControl": training.GradientSyncControl,
+        "PreparedObjects": training.PreparedObjects,
     }
 
 

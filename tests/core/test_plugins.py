@@ -33,7 +33,7 @@ from plait.plugins import (
     register,
 )
 from plait.precision import Precision
-from plait.wrapping import PreparedObjects
+from plait.training import PreparedObjects
 
 FIRST_PARTY_BACKENDS = ("ddp", "fsdp", "zero", "xla")
 MISSING_DEPENDENCY = "ModuleNotFoundError: No module named 'plait_test_missing_dependency'"
@@ -433,6 +433,7 @@ def test_listing_plugins_reports_each_one_without_importing_torch(plugin_sites):
         "hooks": ["plait_cli_commands", "plait_env_report", "plait_wrap_model"],
         "error": None,
         "disabled": False,
+        "needs": None,
         "status": None,
     }
     assert plugins[("plait.backends", "toy")]["hooks"] == [

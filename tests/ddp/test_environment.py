@@ -22,8 +22,8 @@ if str(Path(__file__).parent) not in sys.path:
 import ddp_workers as W
 from ddp_helpers import SCRIPTS, clean_environment, free_port, identical, max_diff, start_plain, wait_all  # noqa: F401
 
-from plait.environment import ProcessEnvironment
-from plait.launcher_env import detect, export_for_torch, first_host
+from plait.process import ProcessEnvironment
+from plait.process.launch_variables import detect, export_for_torch, first_host
 from plait.testing import run_script
 
 # --------------------------------------------------------------------------- #

@@ -21,7 +21,7 @@ from zero_helpers import clean_environment  # noqa: F401
 import plait_zero
 from plait.config import resolve_config
 from plait.errors import ConfigError
-from plait_zero.ds_config import build_config
+from plait_zero.deepspeed_config import build_config
 from plait_zero.options import ZeroOptions
 
 FACTS = {"micro_batch_size": 4, "gradient_accumulation_steps": 2, "world_size": 2, "mixed_precision": "no",

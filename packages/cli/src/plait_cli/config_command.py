@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from plait_cli.state import CliState
+from plait_cli.cli_state import CliState
 
 HEADER = "# plait config, written by `plait config`; `plait config show` prints it resolved and checked.\n"
 
@@ -51,14 +51,14 @@ def validate(state: CliState, values: dict[str, Any]) -> dict[str, Any]:
         config = Config(**top, sections=sections)
         backend = config.backend
         if backend is not None and backend in sections:
-            state.pm.hook.plait_backend_options(backend=backend, options=sections[backend])
+            state.hooks.backend_options(backend, sections[backend])
     except (PlaitError, TypeError) as exc:
         raise click.ClickException(f"the config is not valid: {exc}") from None
     return config.to_dict()
 
 
 def _write(path: Path, data: dict[str, Any], force: bool, what: str) -> None:
-    from plait.config_file import write_config_file
+    from plait.config.yaml_files import write_config_file
 
     if path.exists() and not force:
         raise click.ClickException(
@@ -81,7 +81,7 @@ def config(ctx: click.Context, config_file: str | None) -> None:
     if ctx.invoked_subcommand is None:
         path = _target(ctx, config_file)
         data = validate(ctx.obj, questionnaire(ctx.obj))
-        from plait.config_file import write_config_file
+        from plait.config.yaml_files import write_config_file
 
         write_config_file(path, data, HEADER)
         click.echo(f"plait config written to {path}")
@@ -133,7 +133,7 @@ def questionnaire(state: CliState) -> dict[str, Any]:
                 f"tracker {unknown[0]!r} is not installed: expected some of {', '.join(trackers)}"
             )
         values["log_with"] = names
-    section = state.pm.hook.plait_config_questions(backend=values["backend"], ask=ask)
+    section = state.hooks.config_questions(values["backend"], ask)
     if section:
         values[values["backend"]] = section
     return values
@@ -192,9 +192,9 @@ def show(ctx: click.Context, config_file: str | None) -> None:
 @click.pass_context
 def import_(ctx: click.Context, source: str | None, config_file: str | None, force: bool) -> None:
     """Convert an HF Accelerate config file (default: Accelerate's default_config.yaml) into plait's."""
-    from plait.accelerate_config import accelerate_default_path, is_accelerate_config
     from plait.config import section_names
-    from plait.config_file import load_config_file, parse_yaml
+    from plait.config.accelerate_files import accelerate_default_path, is_accelerate_config
+    from plait.config.yaml_files import load_config_file, parse_yaml
     from plait.errors import PlaitError
     from plait.plugins import BACKENDS_GROUP, installed_backends, selection_error
 

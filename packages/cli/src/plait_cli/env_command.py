@@ -6,7 +6,7 @@ from importlib import metadata
 
 import click
 
-from plait_cli.state import CliState
+from plait_cli.cli_state import CliState
 
 
 def plait_distributions() -> list[tuple[str, str]]:
@@ -43,12 +43,12 @@ def env(state: CliState, config_file: str | None) -> None:
     except PlaitError as exc:
         problem = str(exc)
 
-    lines: list[tuple[str, str]] = []
-    for report in reversed(state.pm.hook.plait_env_report(config=config or Config())):  # core first
-        lines.extend(report or [])
+    lines = state.hooks.env_report(config or Config())
     lines.append(("plait distributions", ", ".join(f"{name} {version}" for name, version in plait_distributions())))
     for info in state.broken:
         lines.append((f"plugin {info.name}", f"BROKEN: {info.error}"))
+    for info in state.needs:
+        lines.append((f"plugin {info.name}", f"needs `{info.needs}`"))
     if state.disabled:
         lines.append(("disabled plugins", ", ".join(state.disabled)))
 

@@ -76,21 +76,14 @@ def _core_params() -> list[click.Parameter]:
     ]
 
 
-def plugin_options(pm: pluggy.PluginManager) -> list[tuple[str, click.Option]]:
-    """``(section, option)`` for every flag the installed plugins add (``plait_launch_options``)."""
-    found: list[tuple[str, click.Option]] = []
-    for contribution in pm.hook.plait_launch_options():
-        for section, options in (contribution or {}).items():
-            found.extend((section, option) for option in options)
-    return found
-
-
 def build_launch_command(pm: pluggy.PluginManager) -> click.Command:
     """The ``launch`` command, with core's flags and those of every installed plugin."""
     params = _core_params()
     taken = {opt for param in params for opt in getattr(param, "opts", [])}
     sections: dict[str, tuple[str, str]] = {}
-    for section, option in plugin_options(pm):
+    from plait.plugins.hooks import Hooks
+
+    for section, option in Hooks(pm).launch_options():
         if taken & set(option.opts):
             print(f"plait: ignoring launch flag {'/'.join(option.opts)} of section {section!r}: already defined",
                   file=sys.stderr)
@@ -175,10 +168,12 @@ def _fail(message: str) -> click.UsageError:
 def make_plan(request: LaunchRequest, pm: pluggy.PluginManager, environ: Mapping[str, str]) -> LaunchPlan:
     """Resolve and check everything; raise ``click.UsageError`` (naming the value, what was expected and
     what to do) before any process starts."""
-    from plait.config import resolve_config
+    from plait.config import DEFAULT, resolve_config
     from plait.errors import PlaitError
-    from plait.launcher_env import slurm_machines
-    from plait.plugins import BACKENDS_GROUP, installed_backends, selection_error
+    from plait.plugins import BACKENDS_GROUP, choose_backend, installed_backends, selection_error
+    from plait.plugins.catalog import BUILTIN_BACKEND, MULTI_PROCESS_BACKEND
+    from plait.plugins.hooks import Hooks
+    from plait.process.launch_variables import slurm_machines
 
     for key in ("num_processes", "num_machines", "gradient_accumulation_steps"):
         value = request.flags.get(key)
@@ -202,25 +197,30 @@ def make_plan(request: LaunchRequest, pm: pluggy.PluginManager, environ: Mapping
     if request.gpu_ids and request.gpu_ids != "all" and "num_processes" not in arguments:
         arguments["num_processes"] = len(request.gpu_ids.split(",")) * int(arguments.get("num_machines", 1))
     try:
-        config = resolve_config(arguments, environ, installed_backends())
+        config = resolve_config(arguments, environ, installed_backends(), describe_argument=_flag)
     except PlaitError as exc:
         raise _fail(str(exc)) from None
 
     num_processes = config.num_processes
-    if "num_processes" not in arguments and not _configured(config, "num_processes", environ):
+    processes_source = config.source_of("num_processes")
+    if config.source_rank("num_processes") == DEFAULT and config.backend != BUILTIN_BACKEND:
         num_processes = max(1, _local_gpus(config)) * config.num_machines
+        processes_source = f"one process per GPU of {config.num_machines} machine(s)"
     if num_processes % config.num_machines:
         raise _fail(
             f"--num-processes {num_processes} is not a multiple of --num-machines {config.num_machines}: "
             f"every machine runs the same number of processes"
         )
-    backend = config.backend or ("ddp" if num_processes > 1 else "single")
+    try:  # a process count from a flag beats a single-process backend from the file
+        backend = choose_backend(config, num_processes, processes_source, config.source_rank("num_processes"))
+    except PlaitError as exc:
+        raise _fail(str(exc)) from None
     problem = selection_error(BACKENDS_GROUP, backend, config.disable_plugins)
     if problem is not None:
-        why = "" if config.backend else f" (--num-processes {num_processes} runs the ddp backend by default)"
+        why = "" if backend == config.backend else f" ({processes_source} runs the {MULTI_PROCESS_BACKEND} backend by default)"
         raise _fail(f"{problem}{why}")
     try:  # the backend checks its own section now rather than in every worker
-        pm.hook.plait_backend_options(backend=backend, options=dict(config.section(backend)))
+        Hooks(pm).backend_options(backend, dict(config.section(backend)))
     except PlaitError as exc:
         raise _fail(str(exc)) from None
     if config.num_machines > 1 and not config.main_process_ip:
@@ -237,16 +237,10 @@ def make_plan(request: LaunchRequest, pm: pluggy.PluginManager, environ: Mapping
     return LaunchPlan(config, command, _torchrun_args(request, config, nproc), env, nproc)
 
 
-def _configured(config: Any, key: str, environ: Mapping[str, str]) -> bool:
-    """Whether ``key`` was set by the environment or the config file (rather than left at its default)."""
-    if f"PLAIT_{key.upper()}" in environ:
-        return True
-    if not config.config_file:
-        return False
-    from plait.config_file import parse_yaml
-
-    data, _ = parse_yaml(Path(config.config_file))
-    return key in data
+def _flag(key: str, value: Any) -> str:
+    """How a value given on the command line is named in messages."""
+    flag = f"--{key.replace('_', '-')}"
+    return flag if value is True else f"{flag} {value}"
 
 
 def _local_gpus(config: Any) -> int:
@@ -320,7 +314,9 @@ def _check_tee(tee: str) -> None:
 def execute(plan: LaunchPlan, pm: pluggy.PluginManager) -> int:
     """Run the job; return its exit code (the first failed worker's, 128+N for a signal N)."""
     os.environ.update(plan.env)
-    owned = pm.hook.plait_launch(config=plan.config, command=plan.command)
+    from plait.plugins.hooks import Hooks
+
+    owned = Hooks(pm).launch(plan.config, plan.command)
     if owned is not None:
         return int(owned)
 

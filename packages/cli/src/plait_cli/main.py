@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import click
 
-from plait_cli.state import CliState
+from plait_cli.cli_state import CliState
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -45,7 +45,7 @@ def build_cli(state: CliState | None = None) -> click.Group:
 
     for command in (build_launch_command(state.pm), config, env, plugins, test):
         cli.add_command(command)
-    state.pm.hook.plait_cli_commands(cli=cli)
+    state.hooks.cli_commands(cli)
     return cli
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from plait._markers import hookimpl, hookspec
+from plait.plugins.markers import hookimpl, hookspec
 
 __version__ = "0.1.0"
 
@@ -18,14 +18,14 @@ _LAZY = {
     "Accelerator": "plait.accelerator",
     "ProjectConfiguration": "plait.project",
     "set_seed": "plait.random",
-    "DistributedType": "plait.environment",
-    "ProcessEnvironment": "plait.environment",
+    "DistributedType": "plait.process.environment",
+    "ProcessEnvironment": "plait.process.environment",
     "GeneralTracker": "plait.tracking",
     "Precision": "plait.precision",
-    "PreparedObjects": "plait.wrapping",
+    "PreparedObjects": "plait.training.registry",
     "Config": "plait.config",
-    "skip_first_batches": "plait.data",
-    "list_plugins": "plait.plugins",
+    "skip_first_batches": "plait.data.skipping",
+    "list_plugins": "plait.plugins.discovery",
     "ConfigError": "plait.errors",
     "PluginError": "plait.errors",
     "CheckpointError": "plait.errors",
@@ -54,15 +54,15 @@ __all__ = [
 if TYPE_CHECKING:
     from plait.accelerator import Accelerator
     from plait.config import Config
-    from plait.data import skip_first_batches
-    from plait.environment import DistributedType, ProcessEnvironment
+    from plait.data.skipping import skip_first_batches
     from plait.errors import CheckpointError, ConfigError, PluginError
-    from plait.plugins import list_plugins
+    from plait.plugins.discovery import list_plugins
     from plait.precision import Precision
+    from plait.process.environment import DistributedType, ProcessEnvironment
     from plait.project import ProjectConfiguration
     from plait.random import set_seed
     from plait.tracking import GeneralTracker
-    from plait.wrapping import PreparedObjects
+    from plait.training.registry import PreparedObjects
 
 
 def __getattr__(name: str) -> Any:

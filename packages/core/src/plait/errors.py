@@ -26,3 +26,21 @@ def closest(name: str, candidates: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest candidate, or ``""``."""
     match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
     return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+class MissingLibrary(ModuleNotFoundError):
+    """A plugin's library is not installed (wandb for the ``wandb`` tracker).
+
+    A plugin raises it when it is loaded (its class's constructor, for a plugin class):
+    ``plait plugins`` then lists it as needing ``install``, the command line stays
+    silent about it, and only a run that selects it gets the error.
+
+    :param message: what is missing and what to do.
+    :param library: the missing module's name.
+    :param install: the command that installs it (``pip install plait[wandb]``).
+    """
+
+    def __init__(self, message: str, library: str, install: str) -> None:
+        super().__init__(message, name=library)
+        self.library = library
+        self.install = install

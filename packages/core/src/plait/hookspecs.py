@@ -19,15 +19,34 @@ Two kinds of hook:
 * **fan-out** hooks are notifications: every implementation is called and the
   results are collected in a list.
 
+A plugin that acts around another implementation (records, then lets the backend
+decide) is a new-style wrapper, ``@hookimpl(wrapper=True)``: a generator whose
+``yield`` returns what the implementations after it returned::
+
+    @hookimpl(wrapper=True)
+    def plait_wrap_optimizer(accelerator, optimizer):
+        rebind(optimizer)      # act first...
+        return (yield)         # ...then let the next implementation wrap it
+
+Only the selected backend is registered on an Accelerator, so a backend's hooks
+never need to ask which backend runs. The hooks of the ``cli`` group are the
+exception: the command line registers every installed plugin, so
+:func:`plait_backend_options` and :func:`plait_config_questions` answer only for
+their own backend's name.
+
 Implementations may accept any subset of a spec's arguments, by name. Heavy
 libraries (torch, deepspeed, torch_xla, wandb...) must be imported inside hook
 bodies, never at module top: ``plait plugins`` imports your module to list its
 hooks and must stay fast.
 
-Hooks called once per ``prepare`` return objects (a wrapped model, a
-:class:`~plait.precision.Precision`, a batch placer) whose methods then run on
-the hot path without plugin dispatch: a pluggy call costs about 2 µs, which is
-too much to pay several times per training step.
+Hooks called once per Accelerator or per ``prepare`` return objects (the
+:class:`~plait.collectives.Collectives`, the
+:class:`~plait.precision.Precision`, the
+:class:`~plait.training.GradientSyncControl`, a wrapped model, a batch placer)
+whose methods then run on the hot path without plugin dispatch: a pluggy call
+costs about 2 µs, which is too much to pay several times per training step.
+Such an object is an explicit capability: core's default class does the plain
+thing, and a backend returns a subclass that overrides what it owns.
 """
 
 from __future__ import annotations
@@ -36,7 +55,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from plait._markers import hookspec
+from plait.plugins.markers import hookspec
 
 if TYPE_CHECKING:
     import click
@@ -44,10 +63,11 @@ if TYPE_CHECKING:
 
     from plait.accelerator import Accelerator
     from plait.checkpoint import CheckpointWriter
+    from plait.collectives import Collectives
     from plait.config import Config
-    from plait.environment import ProcessEnvironment
     from plait.precision import Precision
-    from plait.wrapping import PreparedObjects
+    from plait.process import ProcessEnvironment
+    from plait.training import GradientSyncControl, PreparedObjects
 
 
 # --------------------------------------------------------------------------- #
@@ -82,7 +102,7 @@ def plait_process_environment(config: Config) -> ProcessEnvironment | None:
     """Detect this process's place in the job and start the process group if there is one.
 
     :param config: the resolved configuration.
-    :return: a :class:`~plait.environment.ProcessEnvironment` (rank, world size,
+    :return: a :class:`~plait.process.ProcessEnvironment` (rank, world size,
         local rank, local world size).
 
     Stops at the first non-None result.
@@ -105,11 +125,34 @@ def plait_device(config: Config, environment: ProcessEnvironment) -> torch.devic
 
 
 @hookspec(firstresult=True)
+def plait_collectives(config: Config, environment: ProcessEnvironment, device: torch.device) -> Collectives | None:
+    """Return the object that runs every collective of the run: gathers, reductions, broadcasts, barriers.
+
+    Called once per accelerator, after :func:`plait_device`. Every collective method of
+    the Accelerator (``gather``, ``gather_object``, ``gather_for_metrics``, ``reduce``,
+    ``broadcast``, ``broadcast_object_list``, ``pad_across_processes``,
+    ``wait_for_everyone``) and of core's parts (checkpoints, dataloader dispatch) then
+    calls this object directly. Core's default is :class:`plait.collectives.Collectives`
+    for one process and :class:`plait.collectives.TorchCollectives` (``torch.distributed``)
+    for more; a backend with collectives of its own (XLA) returns a subclass that
+    overrides the six primitives (``all_gather``, ``all_reduce``, ``broadcast_tensor``,
+    ``gather_objects``, ``broadcast_objects``, ``barrier``) or any structured method.
+
+    :param config: the resolved configuration (``config.debug`` asks for shape checks).
+    :param environment: this process's place in the job.
+    :param device: this process's device.
+    :return: a :class:`~plait.collectives.Collectives`.
+
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
 def plait_distributed_type(accelerator: Accelerator) -> str | None:
     """Name the kind of run, as HF Accelerate's ``DistributedType`` does.
 
     :param accelerator: the accelerator asking.
-    :return: a :class:`plait.environment.DistributedType` member (a ``str``),
+    :return: a :class:`plait.process.DistributedType` member (a ``str``),
         e.g. ``DistributedType.NO`` for one process.
 
     Stops at the first non-None result.
@@ -167,6 +210,26 @@ def plait_batch_placer(accelerator: Accelerator, dataloader: Any) -> Callable[[A
     """
 
 
+@hookspec(firstresult=True)
+def plait_init_module(accelerator: Accelerator, empty_init: bool | None) -> AbstractContextManager[Any] | None:
+    """Return the context in which ``accelerator.init_module()`` builds models.
+
+    A user script builds its model inside ``with accelerator.init_module():`` and
+    never imports a backend: a sharding backend builds it the way it shards it
+    (partitioned as each layer is made, or on the meta device on the processes that
+    receive their weights from the main process at ``prepare``). Core's default builds
+    parameters directly on ``accelerator.device`` (when device placement is on), and
+    with ``empty_init`` skips their initialisation (for weights loaded right after).
+
+    :param accelerator: the accelerator the model is built for.
+    :param empty_init: ``True`` to leave parameters uninitialised, ``False`` to
+        initialise them, ``None`` to let the backend choose.
+    :return: a context manager.
+
+    Stops at the first non-None result.
+    """
+
+
 # --------------------------------------------------------------------------- #
 # wrapping
 # --------------------------------------------------------------------------- #
@@ -192,7 +255,7 @@ def plait_prepare_jointly(
     :param optimizers: the optimizers passed to ``prepare``, in order.
     :param schedulers: the learning-rate schedulers passed to ``prepare``, in order.
     :param dataloaders: the prepared dataloaders.
-    :return: a :class:`~plait.wrapping.PreparedObjects` mapping each original object
+    :return: a :class:`~plait.training.PreparedObjects` mapping each original object
         (by identity) to its replacement.
 
     Stops at the first non-None result.
@@ -303,17 +366,19 @@ def plait_precision(accelerator: Accelerator) -> Precision | None:
 
 
 @hookspec(firstresult=True)
-def plait_no_sync(accelerator: Accelerator, model: torch.nn.Module) -> AbstractContextManager[Any] | None:
-    """Return a context manager inside which backward does not synchronise gradients.
+def plait_sync_control(accelerator: Accelerator) -> GradientSyncControl | None:
+    """Return the object that skips gradient synchronisation on the micro-steps of accumulation.
 
-    Used by ``accumulate`` and ``no_sync`` on the micro-steps that do not step
-    the optimizer. When the answer for a model is a ``contextlib.nullcontext``
-    (nothing to skip, e.g. one process), ``accumulate`` remembers it and does not
-    ask again for that model.
+    Called once per accelerator. ``accumulate`` asks its ``skips_sync(model)`` once per
+    prepared model: a model whose gradients are never synchronised (one process, an
+    engine that is told each micro-step whether it is a boundary) costs nothing per
+    step; for the others, the micro-steps that do not step the optimizer run inside
+    ``no_sync(model)``, and so does ``accelerator.no_sync(model)``. Core's default,
+    :class:`plait.training.GradientSyncControl`, uses the model's own ``no_sync()``
+    (DistributedDataParallel's) when it has one.
 
     :param accelerator: the accelerator asking.
-    :param model: a prepared model.
-    :return: a context manager (``contextlib.nullcontext()`` when nothing is synchronised).
+    :return: a :class:`~plait.training.GradientSyncControl`.
 
     Stops at the first non-None result.
     """
@@ -348,85 +413,6 @@ def plait_clip_grad_value(
     :param parameters: the parameters whose gradients are clipped.
     :param clip_value: the bound.
     :return: ``True`` once done.
-
-    Stops at the first non-None result.
-    """
-
-
-@hookspec(firstresult=True)
-def plait_all_gather(accelerator: Accelerator, tensor: torch.Tensor) -> torch.Tensor | None:
-    """Concatenate ``tensor`` from every process along dimension 0 (rank order).
-
-    Shapes are equal on every process (``pad_across_processes`` makes them so).
-    A 0-d tensor is gathered as a 1-d tensor of one element per process.
-
-    :param accelerator: the accelerator asking.
-    :param tensor: this process's tensor, on ``accelerator.device``.
-    :return: the gathered tensor.
-
-    Stops at the first non-None result.
-    """
-
-
-@hookspec(firstresult=True)
-def plait_all_reduce(accelerator: Accelerator, tensor: torch.Tensor, op: str) -> torch.Tensor | None:
-    """Reduce ``tensor`` over every process.
-
-    :param accelerator: the accelerator asking.
-    :param tensor: this process's tensor.
-    :param op: ``"sum"``, ``"mean"`` or ``"max"``.
-    :return: the reduced tensor (the same on every process).
-
-    Stops at the first non-None result.
-    """
-
-
-@hookspec(firstresult=True)
-def plait_broadcast(accelerator: Accelerator, tensor: torch.Tensor, from_process: int) -> torch.Tensor | None:
-    """Return process ``from_process``'s ``tensor`` on every process.
-
-    :param accelerator: the accelerator asking.
-    :param tensor: a tensor of the same shape and dtype on every process.
-    :param from_process: the index of the process whose value is sent.
-    :return: the broadcast tensor.
-
-    Stops at the first non-None result.
-    """
-
-
-@hookspec(firstresult=True)
-def plait_barrier(accelerator: Accelerator) -> bool | None:
-    """Block until every process has reached this point.
-
-    :param accelerator: the accelerator asking.
-    :return: ``True`` once every process arrived.
-
-    Stops at the first non-None result.
-    """
-
-
-@hookspec(firstresult=True)
-def plait_gather_object(accelerator: Accelerator, obj: Any) -> list[Any] | None:
-    """Collect a picklable object from every process.
-
-    :param accelerator: the accelerator asking.
-    :param obj: this process's object.
-    :return: the list of every process's object, in rank order, on every process.
-
-    Stops at the first non-None result.
-    """
-
-
-@hookspec(firstresult=True)
-def plait_broadcast_object_list(
-    accelerator: Accelerator, objects: list[Any], from_process: int
-) -> list[Any] | None:
-    """Replace, in place, the items of ``objects`` by those of process ``from_process``.
-
-    :param accelerator: the accelerator asking.
-    :param objects: a list of picklable objects of the same length on every process.
-    :param from_process: the index of the sending process.
-    :return: ``objects``, filled.
 
     Stops at the first non-None result.
     """

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from plait.operations import convert_to_fp32
+from plait.nested import convert_to_fp32
 
 
 class Precision:

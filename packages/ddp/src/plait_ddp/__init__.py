@@ -1,21 +1,24 @@
 """plait backend ``ddp``: DistributedDataParallel. Only what differs from core's defaults.
 
 Core already starts the process group (nccl on CUDA, gloo on CPU), shards
-dataloaders, and runs collectives; ``no_sync`` comes from DDP's own
-``model.no_sync()``, which core's default uses. This module wraps and unwraps
-models and owns the ``ddp:`` options. torch is imported inside
-hook bodies only.
+dataloaders, and runs collectives; skipping gradient sync during accumulation uses
+DDP's own ``model.no_sync()``, which core's sync control calls. This module is the
+hook table: it wraps and unwraps models (:mod:`plait_ddp.comm_hooks` for compressed
+all-reduces), owns the ``ddp:`` options (:mod:`plait_ddp.options`) and adds its flags
+and questions to the command line (:mod:`plait_ddp.cli`). torch and click are
+imported inside hook bodies only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from plait import hookimpl
-from plait_ddp.options import COMM_HOOKS, DDPOptions
+from plait_ddp.options import DDPOptions
 
 if TYPE_CHECKING:
+    import click
     import torch
 
     from plait.accelerator import Accelerator
@@ -26,23 +29,23 @@ __all__ = ["DDPOptions"]
 
 @hookimpl
 def plait_backend_options(backend: str, options: Mapping[str, Any] | object) -> DDPOptions | None:
-    if backend != NAME:
+    if backend != NAME:  # the command line asks every installed backend
         return None
     return DDPOptions.from_section(options)
 
 
 @hookimpl
-def plait_wrap_model(accelerator: Accelerator, model: torch.nn.Module, evaluation_mode: bool) -> torch.nn.Module | None:
-    if accelerator.backend != NAME:
-        return None
+def plait_wrap_model(accelerator: Accelerator, model: torch.nn.Module, evaluation_mode: bool) -> torch.nn.Module:
     if evaluation_mode or accelerator.num_processes == 1 or not any(p.requires_grad for p in model.parameters()):
         return model
     from torch.nn.parallel import DistributedDataParallel
 
+    from plait_ddp.comm_hooks import comm_hook_function
+
     options: DDPOptions = accelerator.backend_options
     device_ids = [accelerator.device.index] if accelerator.device.type == "cuda" else None
     wrapped = DistributedDataParallel(model, device_ids=device_ids, **options.ddp_kwargs())
-    hook = options.comm_hook_function(accelerator.device.type)
+    hook = comm_hook_function(options.comm_hook, accelerator.device.type)
     if hook is not None:
         wrapped.register_comm_hook(state=None, hook=hook)
     return wrapped
@@ -53,7 +56,7 @@ def plait_unwrap_model(accelerator: Accelerator, model: torch.nn.Module, keep_fp
     from torch.nn.parallel import DistributedDataParallel
 
     if isinstance(model, DistributedDataParallel):
-        return accelerator.unwrap_model(model.module, keep_fp32_wrapper=keep_fp32_wrapper)
+        return accelerator.unwrap_model(model.module, keep_fp32_wrapper=keep_fp32_wrapper)  # type: ignore[no-any-return]
     return None
 
 
@@ -69,36 +72,16 @@ def plait_env_report() -> list[tuple[str, str]]:
 
 
 @hookimpl
-def plait_launch_options() -> dict[str, list[Any]]:
-    import click
+def plait_launch_options() -> Mapping[str, Sequence[click.Option]]:
+    from plait_ddp.cli import launch_options
 
-    return {
-        NAME: [
-            click.Option(["--ddp-find-unused-parameters/--no-ddp-find-unused-parameters", "find_unused_parameters"],
-                         default=None, help="ddp: allow parameters that get no gradient in a step."),
-            click.Option(["--ddp-bucket-cap-mb", "bucket_cap_mb"], type=click.FloatRange(min=0, min_open=True),
-                         default=None, help="ddp: gradient bucket size in MB."),
-            click.Option(["--ddp-gradient-as-bucket-view/--no-ddp-gradient-as-bucket-view", "gradient_as_bucket_view"],
-                         default=None, help="ddp: gradients are views into the buckets (saves memory)."),
-            click.Option(["--ddp-static-graph/--no-ddp-static-graph", "static_graph"], default=None,
-                         help="ddp: the graph is the same every step."),
-            click.Option(["--ddp-broadcast-buffers/--no-ddp-broadcast-buffers", "broadcast_buffers"], default=None,
-                         help="ddp: copy rank 0's buffers to every rank before each forward."),
-            click.Option(["--ddp-comm-hook", "comm_hook"], type=click.Choice(COMM_HOOKS), default=None,
-                         help="ddp: all-reduce gradients compressed to fp16 or bf16."),
-        ]
-    }
+    return {NAME: launch_options()}
 
 
 @hookimpl
 def plait_config_questions(backend: str, ask: Callable[..., Any]) -> dict[str, Any] | None:
-    if backend != NAME:
+    if backend != NAME:  # the command line asks every installed backend
         return None
-    section: dict[str, Any] = {}
-    if ask("ddp: do some parameters get no gradient in some steps (find_unused_parameters)?", default=False, type=bool):
-        section["find_unused_parameters"] = True
-    comm_hook = ask("ddp: compress gradients for the all-reduce?", default="no", choices=list(COMM_HOOKS))
-    if comm_hook != "no":
-        section["comm_hook"] = comm_hook
-    return section
+    from plait_ddp.cli import ask_questions
 
+    return ask_questions(ask)

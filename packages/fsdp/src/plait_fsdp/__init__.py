@@ -1,11 +1,14 @@
 """plait backend ``fsdp``: PyTorch FSDP2 (``fully_shard``). Only what differs from core's defaults.
 
 Core starts the process group (nccl on CUDA, gloo on CPU), shards dataloaders, runs
-collectives and precision. This module shards models (:mod:`plait_fsdp.sharding`),
-re-binds optimizers built before ``prepare``, skips gradient sync during accumulation,
-clips by the global norm over shards, and saves and loads sharded state
-(:mod:`plait_fsdp.state`). With one process the model is not wrapped (there is nothing
-to shard over) and checkpoints are still written in the sharded format.
+collectives and precision. This module is the hook table: it shards models and re-binds
+optimizers built before ``prepare`` (:mod:`plait_fsdp.wrapping`), skips gradient sync
+during accumulation and clips by the global norm over shards
+(:mod:`plait_fsdp.gradient_sync`), saves and loads sharded state
+(:mod:`plait_fsdp.checkpoint`), owns the ``fsdp:`` options (:mod:`plait_fsdp.options`)
+and adds flags, questions and ``plait fsdp merge-weights`` to the command line
+(:mod:`plait_fsdp.cli`). With one process the model is not wrapped (there is nothing to
+shard over) and checkpoints are still written in the sharded format.
 
 torch and click are imported inside hook bodies only: listing plugins must stay fast.
 """
@@ -13,7 +16,7 @@ torch and click are imported inside hook bodies only: listing plugins must stay 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -28,49 +31,40 @@ if TYPE_CHECKING:
     from plait.checkpoint import CheckpointWriter
     from plait.config import Config
     from plait.precision import Precision
+    from plait.training import GradientSyncControl
 
 NAME = "fsdp"
 __all__ = ["FSDPOptions", "meta_device_unless_main"]
 
 
-def _mine(accelerator: Accelerator) -> bool:
-    return accelerator.backend == NAME
-
-
-def _sharded(model: Any) -> bool:
-    from plait_fsdp.state import is_sharded
-
-    return is_sharded(model)
-
-
-def meta_device_unless_main(accelerator: Accelerator) -> AbstractContextManager[Any]:
-    """Build the model inside this context: on the main process for real, elsewhere on the meta device
-    (no memory), when ``cpu_ram_efficient_loading`` is on; ``prepare`` then broadcasts the main
-    process's weights. A no-op otherwise."""
+def _meta_unless_main(accelerator: Accelerator) -> AbstractContextManager[Any] | None:
     options = accelerator.backend_options
     if (isinstance(options, FSDPOptions) and options.cpu_ram_efficient_loading and accelerator.num_processes > 1
             and not accelerator.is_main_process):
         import torch
 
         return torch.device("meta")
-    return contextlib.nullcontext()
+    return None
 
 
-# --------------------------------------------------------------------------- #
-# environment, placement, wrapping
-# --------------------------------------------------------------------------- #
+def meta_device_unless_main(accelerator: Accelerator) -> AbstractContextManager[Any]:
+    """Build the model inside this context: on the main process for real, elsewhere on the meta device
+    (no memory), when ``cpu_ram_efficient_loading`` is on; ``prepare`` then broadcasts the main
+    process's weights. A no-op otherwise. ``accelerator.init_module()`` does the same under this backend."""
+    return _meta_unless_main(accelerator) or contextlib.nullcontext()
 
 
+# --------------------------------------------------------------------------- environment, placement, wrapping
 @hookimpl
 def plait_backend_options(backend: str, options: Mapping[str, Any] | object) -> FSDPOptions | None:
-    if backend != NAME:
+    if backend != NAME:  # the command line asks every installed backend
         return None
     return FSDPOptions.from_section(options)
 
 
 @hookimpl
 def plait_place_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module | None:
-    if not _mine(accelerator) or accelerator.num_processes == 1:
+    if accelerator.num_processes == 1:
         return None
     options: FSDPOptions = accelerator.backend_options
     if options.cpu_ram_efficient_loading or options.offload_params or any(p.is_meta for p in model.parameters()):
@@ -81,28 +75,32 @@ def plait_place_model(accelerator: Accelerator, model: torch.nn.Module) -> torch
 
 
 @hookimpl
-def plait_wrap_model(accelerator: Accelerator, model: torch.nn.Module, evaluation_mode: bool) -> torch.nn.Module | None:
-    if not _mine(accelerator):
-        return None
-    if accelerator.num_processes == 1 or _sharded(model):
+def plait_init_module(accelerator: Accelerator, empty_init: bool | None) -> AbstractContextManager[Any] | None:
+    return _meta_unless_main(accelerator)  # elsewhere core's default: built on the device
+
+
+@hookimpl
+def plait_wrap_model(accelerator: Accelerator, model: torch.nn.Module, evaluation_mode: bool) -> torch.nn.Module:
+    from plait_fsdp.wrapping import is_sharded
+
+    if accelerator.num_processes == 1 or is_sharded(model):
         return model
-    from plait_fsdp.sharding import shard_model
+    from plait_fsdp.wrapping import shard_model
 
     return shard_model(accelerator, model, accelerator.backend_options)
 
 
-@hookimpl
-def plait_wrap_optimizer(accelerator: Accelerator, optimizer: torch.optim.Optimizer) -> None:
-    if _mine(accelerator):
-        from plait_fsdp.sharding import rebind_optimizer
+@hookimpl(wrapper=True)
+def plait_wrap_optimizer(accelerator: Accelerator, optimizer: torch.optim.Optimizer) -> Generator[None, Any, Any]:
+    from plait_fsdp.wrapping import rebind_optimizer
 
-        rebind_optimizer(accelerator, optimizer)
-    return None  # core's default wraps it (accumulation, precision)
+    rebind_optimizer(accelerator, optimizer)
+    return (yield)  # core's default wraps it (accumulation, precision)
 
 
 @hookimpl
 def plait_precision(accelerator: Accelerator) -> Precision | None:
-    if not _mine(accelerator) or accelerator.mixed_precision != "fp16" or accelerator.num_processes == 1:
+    if accelerator.mixed_precision != "fp16" or accelerator.num_processes == 1:
         return None
     import torch
     from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
@@ -116,131 +114,69 @@ def plait_precision(accelerator: Accelerator) -> Precision | None:
     return precision
 
 
-# --------------------------------------------------------------------------- #
-# sync
-# --------------------------------------------------------------------------- #
-
-
-class _NoGradientSync:
-    """Inside it, backward accumulates unsharded gradients locally (no reduce-scatter)."""
-
-    __slots__ = ("_model",)
-
-    def __init__(self, model: Any) -> None:
-        self._model = model
-
-    def __enter__(self) -> None:
-        self._model.set_requires_gradient_sync(False)
-
-    def __exit__(self, *exc: object) -> None:
-        self._model.set_requires_gradient_sync(True)
-
-
+# --------------------------------------------------------------------------- sync
 @hookimpl
-def plait_no_sync(accelerator: Accelerator, model: torch.nn.Module) -> AbstractContextManager[Any] | None:
-    if not _mine(accelerator):
-        return None
-    if _sharded(model):
-        return _NoGradientSync(model)
-    return contextlib.nullcontext()
+def plait_sync_control(accelerator: Accelerator) -> GradientSyncControl:
+    from plait_fsdp.gradient_sync import FSDPSyncControl
+
+    return FSDPSyncControl()
 
 
 @hookimpl
 def plait_clip_grad_norm(
     accelerator: Accelerator, parameters: Iterable[torch.Tensor], max_norm: float, norm_type: float
 ) -> torch.Tensor | None:
-    if not _mine(accelerator) or accelerator.num_processes == 1:
+    if accelerator.num_processes == 1:
         return None
-    import torch
-    from torch.distributed.tensor import DTensor
+    from plait_fsdp.gradient_sync import clip_grad_norm
 
-    parameters = list(parameters)
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not any(isinstance(g, DTensor) for g in grads):
-        return None
-    # Each process holds a shard of every gradient: the norm of the shards is reduced to the global one.
-    total = torch.nn.utils.get_total_norm(grads, norm_type)
-    if isinstance(total, DTensor):
-        total = total.full_tensor()
-    torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total)
-    return total
+    return clip_grad_norm(parameters, max_norm, norm_type)
 
 
-# --------------------------------------------------------------------------- #
-# state saving
-# --------------------------------------------------------------------------- #
-
-
-def _model_of(accelerator: Accelerator, optimizer: Any) -> Any:
-    inner = getattr(optimizer, "optimizer", optimizer)
-    mine = {id(p) for group in inner.param_groups for p in group["params"]}
-    for model in accelerator._models:
-        if any(id(p) in mine for p in model.parameters()):
-            return model
-    from plait.errors import CheckpointError
-
-    raise CheckpointError(
-        f"the optimizer {type(inner).__name__} optimizes no parameter of a prepared model: the fsdp backend "
-        f"saves optimizer state by parameter name, so prepare its model with the same accelerator"
-    )
-
-
+# --------------------------------------------------------------------------- state saving
 @hookimpl
-def plait_save_model(accelerator: Accelerator, model: torch.nn.Module, writer: CheckpointWriter, index: int) -> bool | None:
-    if not _mine(accelerator):
-        return None
-    from plait_fsdp import state
+def plait_save_model(accelerator: Accelerator, model: torch.nn.Module, writer: CheckpointWriter, index: int) -> bool:
+    from plait_fsdp import checkpoint
 
-    state.save_model(accelerator, model, writer, index, accelerator.backend_options.sharded_state)
+    checkpoint.save_model(accelerator, model, writer, index, accelerator.backend_options.sharded_state)
     return True
 
 
 @hookimpl
-def plait_load_model(accelerator: Accelerator, model: torch.nn.Module, directory: str, index: int, strict: bool) -> bool | None:
-    if not _mine(accelerator):
-        return None
-    from plait_fsdp import state
+def plait_load_model(accelerator: Accelerator, model: torch.nn.Module, directory: str, index: int, strict: bool) -> bool:
+    from plait_fsdp import checkpoint
 
-    state.load_model(accelerator, model, directory, index, strict)
+    checkpoint.load_model(accelerator, model, directory, index, strict)
     return True
 
 
 @hookimpl
-def plait_save_optimizer(accelerator: Accelerator, optimizer: Any, writer: CheckpointWriter, index: int) -> bool | None:
-    if not _mine(accelerator):
-        return None
-    from plait_fsdp import state
+def plait_save_optimizer(accelerator: Accelerator, optimizer: Any, writer: CheckpointWriter, index: int) -> bool:
+    from plait_fsdp import checkpoint
 
-    model = _model_of(accelerator, optimizer)
-    state.save_optimizer(accelerator, model, optimizer, writer, index, accelerator.backend_options.sharded_state)
+    model = checkpoint.model_of(accelerator, optimizer)
+    checkpoint.save_optimizer(accelerator, model, optimizer, writer, index, accelerator.backend_options.sharded_state)
     return True
 
 
 @hookimpl
-def plait_load_optimizer(accelerator: Accelerator, optimizer: Any, directory: str, index: int) -> bool | None:
-    if not _mine(accelerator):
-        return None
-    from plait_fsdp import state
+def plait_load_optimizer(accelerator: Accelerator, optimizer: Any, directory: str, index: int) -> bool:
+    from plait_fsdp import checkpoint
 
-    state.load_optimizer(accelerator, _model_of(accelerator, optimizer), optimizer, directory, index)
+    checkpoint.load_optimizer(accelerator, checkpoint.model_of(accelerator, optimizer), optimizer, directory, index)
     return True
 
 
 @hookimpl
 def plait_get_state_dict(accelerator: Accelerator, model: torch.nn.Module, unwrap: bool) -> dict[str, Any] | None:
     """Consolidated weights on the main process; the other processes take part and get ``{}``."""
-    if not _sharded(model):
-        return None
-    from plait_fsdp.state import full_state_dict
+    from plait_fsdp.checkpoint import full_state_dict
+    from plait_fsdp.wrapping import is_sharded
 
-    return full_state_dict(model)
-
-
-# --------------------------------------------------------------------------- #
-# cli
-# --------------------------------------------------------------------------- #
+    return full_state_dict(model) if is_sharded(model) else None
 
 
+# --------------------------------------------------------------------------- cli
 @hookimpl
 def plait_cli_commands(cli: click.Group) -> None:
     from plait_fsdp.cli import fsdp_group
@@ -257,7 +193,7 @@ def plait_launch_options() -> Mapping[str, Sequence[click.Option]]:
 
 @hookimpl
 def plait_config_questions(backend: str, ask: Callable[..., Any]) -> dict[str, Any] | None:
-    if backend != NAME:
+    if backend != NAME:  # the command line asks every installed backend
         return None
     from plait_fsdp.cli import ask_questions
 

@@ -23,9 +23,9 @@ def merge_weights(checkpoint_dir: str | os.PathLike[str], output: str | os.PathL
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     from plait import checkpoint
-    from plait.builtin.state import model_file
-    from plait.serialization import state_dict_to_safetensors
-    from plait_fsdp.state import dcp_load, model_dir
+    from plait.checkpoint.default_state import model_file
+    from plait.checkpoint.tensor_files import state_dict_to_safetensors
+    from plait_fsdp.checkpoint import dcp_load, model_dir
 
     source = Path(checkpoint_dir)
     target = Path(output)

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from plait import hookimpl
+from plait.errors import MissingLibrary
 from plait.tracking import GeneralTracker, caller_stacklevel
 from plait_trackers import values as V
 
@@ -25,7 +26,9 @@ if TYPE_CHECKING:
 
 
 def require_library(library: str, tracker: str, extra: str) -> None:
-    """Raise :class:`ModuleNotFoundError` naming ``pip install plait[<extra>]`` when ``library`` is missing.
+    """Raise :class:`plait.errors.MissingLibrary` (a :class:`ModuleNotFoundError`) naming
+    ``pip install plait[<extra>]`` when ``library`` is missing: ``plait plugins`` then lists the tracker
+    as needing it, and only a run that names the tracker in ``log_with`` gets the error.
 
     Only looks the module up (``importlib.util.find_spec``): nothing is imported.
     """
@@ -34,9 +37,10 @@ def require_library(library: str, tracker: str, extra: str) -> None:
     except (ImportError, ValueError):  # a parent package that fails, or a module without a spec
         found = False
     if not found:
-        raise ModuleNotFoundError(
+        raise MissingLibrary(
             f"the {tracker} tracker needs the {library!r} library, which is not installed: pip install plait[{extra}]",
-            name=library,
+            library=library,
+            install=f"pip install plait[{extra}]",
         )
 
 

@@ -21,16 +21,21 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from plait.errors import ConfigError
-from plait.optimizer import AcceleratedOptimizer
+from plait.nested import convert_to_fp32
 from plait.precision import Precision
-from plait.scheduler import AcceleratedScheduler
-from plait.wrapping import PreparedObjects
-from plait_zero.ds_config import build_config
+from plait.training import (
+    AcceleratedOptimizer,
+    AcceleratedScheduler,
+    GradientSyncControl,
+    PreparedObjects,
+    patch_forward,
+)
+from plait_zero.deepspeed_config import build_config
 from plait_zero.options import ZeroOptions
 
 if TYPE_CHECKING:
     from plait.accelerator import Accelerator
-    from plait.state import GradientState
+    from plait.training import GradientState
 
 
 def import_deepspeed(device_type: str) -> Any:
@@ -104,8 +109,6 @@ class ZeroPrecision(Precision):
             return forward
         import functools
 
-        from plait.operations import convert_to_fp32
-
         precision = self
 
         @functools.wraps(forward)
@@ -136,6 +139,32 @@ class ZeroPrecision(Precision):
         engine = self._engine()
         engine.step()
         return bool(engine.was_step_applied())
+
+
+class EngineSyncControl(GradientSyncControl):
+    """The engine is told at each backward whether it is a boundary (``sync_gradients``): nothing to skip
+    for it. (``DeepSpeedEngine.no_sync`` exists but refuses ZeRO stages 2 and 3.)"""
+
+    def __init__(self, precision: Precision) -> None:
+        self.precision = precision
+
+    def skips_sync(self, model: torch.nn.Module) -> bool:
+        return model is not getattr(self.precision, "engine", None) and super().skips_sync(model)
+
+
+def partitioned_init(accelerator: Accelerator) -> contextlib.AbstractContextManager[Any]:
+    """``deepspeed.zero.Init`` with the run's config: each layer is partitioned as soon as it is built."""
+    options: ZeroOptions = accelerator.backend_options
+    deepspeed = import_deepspeed(accelerator.device.type)
+    ensure_comm(deepspeed, accelerator.device.type)  # zero.Init partitions over the process group
+    config = build_config(
+        options, micro_batch_size=None, gradient_accumulation_steps=accelerator.gradient_accumulation_steps,
+        world_size=accelerator.num_processes, mixed_precision=accelerator.mixed_precision,
+        has_optimizer=False, has_scheduler=False,
+    )
+    # The dtype comes from the config's fp16/bf16 blocks (DeepSpeed 0.19 ignores an explicit dtype=torch.float32
+    # on accelerators without fp16 and builds bfloat16 parameters).
+    return deepspeed.zero.Init(config_dict_or_path=config)  # type: ignore[no-any-return]
 
 
 class ZeroOptimizer(AcceleratedOptimizer):
@@ -211,7 +240,7 @@ def prepare_jointly(
     options: ZeroOptions = accelerator.backend_options
     config = build_config(
         options,
-        micro_batch_size=_micro_batch_size(list(dataloaders) + list(accelerator._dataloaders)),
+        micro_batch_size=_micro_batch_size(list(dataloaders) + list(accelerator.prepared.dataloaders)),
         gradient_accumulation_steps=accelerator.gradient_accumulation_steps,
         world_size=accelerator.num_processes,
         mixed_precision=accelerator.mixed_precision,
@@ -236,8 +265,6 @@ def prepare_jointly(
     )
     precision.engine = engine
     if accelerator.mixed_precision != "no":
-        from plait.wrapping import patch_forward
-
         patch_forward(engine, precision.wrap_forward)
     pairs: list[tuple[Any, Any]] = [(model, engine)]
     prepared_optimizer = None

@@ -1,0 +1,263 @@
+"""The Accelerator's checkpointer: atomic, verified ``save_state``/``load_state``, rotation, and exports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from plait.atomic_files import atomic_write
+from plait.checkpoint import directory as checkpoint_directory
+from plait.checkpoint.exports import save_model_files
+from plait.checkpoint.writer import CheckpointWriter
+from plait.errors import CheckpointError
+from plait.random import get_rng_states, set_rng_states
+
+if TYPE_CHECKING:
+    from plait.accelerator import Accelerator
+
+_KINDS = ("models", "optimizers", "schedulers", "dataloaders", "custom_objects")
+
+
+def _name(stem: str, index: int, suffix: str = "pt") -> str:
+    return f"{stem}.{suffix}" if index == 0 else f"{stem}_{index}.{suffix}"
+
+
+class Checkpointer:
+    """``save_state``, ``load_state``, ``save_model``, ``save``, ``get_state_dict``, ``register_for_checkpointing``.
+
+    What it saves is the accelerator's: its prepared objects (``accelerator.prepared``), the
+    objects registered here, the precision's scaler, every RNG and the accumulation step. Models
+    and optimizers are written by their backend (the ``plait_save_*`` / ``plait_load_*`` hooks).
+    """
+
+    def __init__(self, accelerator: Accelerator) -> None:
+        self.accelerator = accelerator
+        #: Objects saved with the state besides the prepared ones (``register_for_checkpointing``).
+        self.custom_objects: list[Any] = []
+
+    def register_for_checkpointing(self, *objects: Any) -> None:
+        """Save and restore these objects (anything with ``state_dict``/``load_state_dict``) with the state."""
+        bad = [type(o).__qualname__ for o in objects if not (hasattr(o, "state_dict") and hasattr(o, "load_state_dict"))]
+        if bad:
+            raise TypeError(
+                f"register_for_checkpointing got {', '.join(bad)}: every object needs state_dict() and "
+                f"load_state_dict() methods"
+            )
+        self.custom_objects.extend(objects)
+
+    def get_state_dict(self, model: torch.nn.Module, unwrap: bool = True) -> dict[str, Any]:
+        """The model's full state dict (gathered from shards by sharded backends), unwrapped key names."""
+        return self.accelerator.hooks.get_state_dict(self.accelerator, model, unwrap)
+
+    def _counts(self) -> dict[str, int]:
+        prepared = self.accelerator.prepared
+        return {
+            "models": len(prepared.models), "optimizers": len(prepared.optimizers),
+            "schedulers": len(prepared.schedulers), "dataloaders": len(prepared.dataloaders),
+            "custom_objects": len(self.custom_objects),
+        }
+
+    # ------------------------------------------------------------------ save_state
+    def _checkpoint_folder(self) -> Path:
+        project = self.accelerator.project_configuration
+        if project.project_dir is None:
+            raise ValueError(
+                "automatic checkpoint naming needs a project directory: Accelerator(project_dir=...) or "
+                "ProjectConfiguration(project_dir=...)"
+            )
+        return Path(project.project_dir) / "checkpoints"
+
+    def save_state(self, output_dir: str | os.PathLike[str] | None = None, safe_serialization: bool = True,
+                   overwrite: bool = False, **save_model_func_kwargs: Any) -> str:
+        """Save models, optimizers, schedulers, the scaler, RNG states, dataloader positions and
+        registered objects into ``output_dir``, which is complete or absent.
+
+        With ``ProjectConfiguration(automatic_checkpoint_naming=True)`` the directory is
+        ``<project_dir>/checkpoints/checkpoint_<iteration>`` and older ones beyond
+        ``total_limit`` are removed after the new one is complete.
+
+        :param overwrite: replace an existing checkpoint (refused otherwise).
+        :return: the checkpoint directory.
+        """
+        accelerator = self.accelerator
+        process, collectives, project = accelerator.process, accelerator.collectives, accelerator.project_configuration
+        if not safe_serialization:
+            warnings.warn("save_state always writes model weights as safetensors", stacklevel=2)
+        automatic = project.automatic_checkpoint_naming
+        if automatic:
+            output_dir = self._checkpoint_folder() / f"checkpoint_{project.iteration}"
+        elif output_dir is None:
+            raise ValueError(
+                "save_state() needs output_dir, or ProjectConfiguration(automatic_checkpoint_naming=True) "
+                "with a project_dir"
+            )
+        final = Path(output_dir).absolute()
+        if final.exists() and not overwrite:
+            raise CheckpointError(
+                f"checkpoint directory {final} already exists: pass overwrite=True to replace it, or save elsewhere"
+            )
+        token = collectives.broadcast_object_list([uuid.uuid4().hex[:12]])[0]
+        temporary = checkpoint_directory.temporary_path(final, token)
+        if process.is_main_process:
+            checkpoint_directory.remove_stale_temporaries(final)
+            temporary.mkdir(parents=True)
+        collectives.barrier()
+        writer = CheckpointWriter(temporary)
+        try:
+            self._write_state(writer)
+            files = writer.files()
+        except BaseException:
+            writer.close()
+            if process.is_main_process:
+                shutil.rmtree(temporary, ignore_errors=True)
+            raise
+        every_file: dict[str, Any] = {}
+        for part in collectives.gather_objects(files):
+            every_file.update(part)
+        if process.is_main_process:
+            checkpoint_directory.write_manifest(temporary, every_file, self._manifest_metadata())
+            checkpoint_directory.commit(temporary, final, overwrite)
+        collectives.barrier()
+        if automatic:
+            project.iteration += 1
+            if project.total_limit is not None and process.is_main_process:
+                checkpoint_directory.rotate(final.parent, project.total_limit)
+        accelerator.hooks.checkpoint_saved(accelerator, str(final))
+        return str(final)
+
+    def _write_state(self, writer: CheckpointWriter) -> None:
+        accelerator = self.accelerator
+        hooks, prepared = accelerator.hooks, accelerator.prepared
+        for i, model in enumerate(prepared.models):
+            hooks.save_model(accelerator, model, writer, i)
+        for i, optimizer in enumerate(prepared.optimizers):
+            hooks.save_optimizer(accelerator, optimizer, writer, i)
+        if accelerator.process.is_main_process:
+            for i, scheduler in enumerate(prepared.schedulers):
+                writer.torch_save(_name("scheduler", i), scheduler.state_dict())
+            for i, dataloader in enumerate(prepared.dataloaders):
+                if hasattr(dataloader, "state_dict"):
+                    writer.torch_save(_name("dataloader", i), dataloader.state_dict())
+            for i, obj in enumerate(self.custom_objects):
+                writer.torch_save(f"custom_checkpoint_{i}.pt", obj.state_dict())
+            scaler_state = accelerator.precision.state_dict()
+            if scaler_state is not None:
+                writer.torch_save("scaler.pt", scaler_state)
+        writer.torch_save(f"random_states_{accelerator.process.process_index}.pt", get_rng_states())
+
+    def _manifest_metadata(self) -> dict[str, Any]:
+        accelerator = self.accelerator
+        return {
+            "backend": accelerator.backend,
+            "num_processes": accelerator.process.num_processes,
+            "iteration": accelerator.project_configuration.iteration,
+            "step": accelerator.gradient_state.step,
+            **self._counts(),
+        }
+
+    # ------------------------------------------------------------------ load_state
+    def load_state(self, input_dir: str | os.PathLike[str] | None = None, strict: bool = True,
+                   **load_model_func_kwargs: Any) -> str:
+        """Restore everything :meth:`save_state` saved, after verifying the manifest and every checksum.
+
+        With no ``input_dir``, the newest complete checkpoint of
+        ``<project_dir>/checkpoints`` is loaded, and the checkpoint counter continues
+        after it so that the next save does not collide.
+
+        :return: the directory loaded.
+        """
+        accelerator = self.accelerator
+        prepared = accelerator.prepared
+        if input_dir is None:
+            folder = self._checkpoint_folder()
+            found = checkpoint_directory.automatic_checkpoints(folder)
+            if not found:
+                raise CheckpointError(f"no complete checkpoint in {folder} to load; nothing was loaded")
+            input_dir = found[-1][1]
+        directory = Path(input_dir).absolute()
+        manifest = checkpoint_directory.verify(directory)
+        metadata = manifest.get("metadata", {})
+        for kind, prepared_count in self._counts().items():
+            saved = metadata.get(kind, 0)
+            if saved != prepared_count:
+                raise CheckpointError(
+                    f"checkpoint {directory} holds {saved} {kind} but this accelerator has {prepared_count} "
+                    f"prepared or registered: prepare the same objects as the run that saved it; nothing was loaded"
+                )
+        # Read every small state first: a failure here leaves everything untouched.
+        load = self._load_file
+        schedulers = [load(directory, _name("scheduler", i)) for i in range(len(prepared.schedulers))]
+        dataloaders = [
+            load(directory, _name("dataloader", i)) if hasattr(d, "load_state_dict") else None
+            for i, d in enumerate(prepared.dataloaders)
+        ]
+        customs = [load(directory, f"custom_checkpoint_{i}.pt") for i in range(len(self.custom_objects))]
+        scaler = load(directory, "scaler.pt") if (directory / "scaler.pt").is_file() else None
+        process_index = accelerator.process.process_index
+        rng_file = f"random_states_{process_index}.pt"
+        rng = load(directory, rng_file) if (directory / rng_file).is_file() else None
+
+        hooks = accelerator.hooks
+        for i, model in enumerate(prepared.models):
+            hooks.load_model(accelerator, model, str(directory), i, strict)
+        for i, optimizer in enumerate(prepared.optimizers):
+            hooks.load_optimizer(accelerator, optimizer, str(directory), i)
+        for scheduler, state in zip(prepared.schedulers, schedulers):
+            scheduler.load_state_dict(state)
+        for dataloader, state in zip(prepared.dataloaders, dataloaders):
+            if state is not None:
+                dataloader.load_state_dict(state)
+        for obj, state in zip(self.custom_objects, customs):
+            obj.load_state_dict(state)
+        if scaler is not None:
+            accelerator.precision.load_state_dict(scaler)
+        accelerator.gradient_state.step = int(metadata.get("step", 0))
+        if accelerator.project_configuration.automatic_checkpoint_naming:
+            accelerator.project_configuration.iteration = int(metadata.get("iteration", 0)) + 1
+        if rng is not None:
+            set_rng_states(rng)
+        else:
+            warnings.warn(
+                f"checkpoint {directory} has no RNG state for process {process_index} "
+                f"(saved by {metadata.get('num_processes')} processes): random streams start afresh",
+                stacklevel=2,
+            )
+        return str(directory)
+
+    @staticmethod
+    def _load_file(directory: Path, name: str) -> Any:
+        path = directory / name
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint {directory} has no file {name!r}; nothing was loaded") from None
+        except Exception as exc:
+            raise CheckpointError(
+                f"checkpoint file {path} could not be loaded safely ({type(exc).__name__}: {exc}); nothing was loaded"
+            ) from None
+
+    # ------------------------------------------------------------------ exports
+    def save_model(self, model: torch.nn.Module, save_directory: str | os.PathLike[str],
+                   max_shard_size: int | str = "10GB", safe_serialization: bool = True) -> None:
+        """Write the unwrapped model's weights as safetensors (sharded above ``max_shard_size``, with an index JSON)."""
+        state = self.get_state_dict(model)
+        if self.accelerator.process.is_main_process:
+            save_model_files(state, Path(save_directory), max_shard_size, safe_serialization)
+        self.accelerator.collectives.barrier()
+
+    def save(self, obj: Any, f: str | os.PathLike[str], safe_serialization: bool = False) -> None:
+        """Save ``obj`` once (main process), atomically: ``torch.save``, or safetensors for a dict of tensors."""
+        if not self.accelerator.process.is_main_process:
+            return
+        if safe_serialization:
+            from safetensors.torch import save_file
+
+            atomic_write(Path(f), lambda path: save_file(obj, str(path), metadata={"format": "pt"}))
+        else:
+            atomic_write(Path(f), lambda path: torch.save(obj, path))

@@ -1,0 +1,161 @@
+"""State dicts to and from safetensors: shared (tied) tensors, tensors split from optimizer state, shape checks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from plait.errors import CheckpointError
+
+ALIASES_KEY = "plait_aliases"
+
+
+def split_shared(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Separate tensors sharing storage (tied weights): safetensors stores each storage once.
+
+    :return: the tensors to write (contiguous) and ``{alias: name kept}``.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[Any, ...], str] = {}
+    for name, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(
+                f"state dict entry {name!r} is a {type(tensor).__name__}: safetensors stores tensors only"
+            )
+        key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.dtype,
+               tuple(tensor.shape), tuple(tensor.stride()))
+        if tensor.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = tensor.detach().contiguous()
+    return tensors, aliases
+
+
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.complex64: "C64",
+}
+for _name, _code in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"), ("uint16", "U16"),
+                     ("uint32", "U32"), ("uint64", "U64")):
+    if hasattr(torch, _name):
+        _SAFETENSORS_DTYPES[getattr(torch, _name)] = _code
+
+
+def write_safetensors(f: Any, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
+    """Write ``tensors`` to the binary file ``f`` in the safetensors format, straight from their memory.
+
+    The format is an 8-byte little-endian header length, a JSON header giving each
+    tensor's dtype, shape and byte range, then the bytes. Writing from each tensor's
+    own storage (no serialised copy in memory) keeps a checkpoint's peak memory at
+    the model's. The result loads with ``safetensors.safe_open``.
+    """
+    import struct
+
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, tensor in tensors.items():
+        code = _SAFETENSORS_DTYPES.get(tensor.dtype)
+        if code is None:
+            raise CheckpointError(f"tensor {name!r} has dtype {tensor.dtype}, which safetensors cannot store")
+        nbytes = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": code, "shape": list(tensor.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    f.write(struct.pack("<Q", len(encoded)) + encoded)
+    for tensor in tensors.values():
+        if tensor.numel():
+            flat = tensor.detach().contiguous().reshape(-1).cpu()
+            f.write(flat.view(torch.uint8).numpy().data)
+
+
+_TENSOR_REF = "__plait_tensor__"
+
+
+def split_tensors(obj: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
+    """A copy of ``obj`` with each tensor replaced by ``{_TENSOR_REF: key}``; the tensors go into ``tensors``.
+
+    Used for optimizer state: the tensors are written as safetensors (fast, no
+    pickle) and the small remaining structure with ``torch.save``.
+    """
+    if isinstance(obj, torch.Tensor):
+        key = path or "value"
+        tensors[key] = obj.detach().contiguous()
+        return {_TENSOR_REF: key}
+    if isinstance(obj, dict):
+        return {k: split_tensors(v, tensors, f"{path}.{k}" if path else str(k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [split_tensors(v, tensors, f"{path}.{i}" if path else str(i)) for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    return obj
+
+
+def join_tensors(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    """Undo :func:`split_tensors`."""
+    if isinstance(obj, dict):
+        if set(obj) == {_TENSOR_REF}:
+            return tensors[obj[_TENSOR_REF]]
+        return {k: join_tensors(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [join_tensors(v, tensors) for v in obj]
+        return items if isinstance(obj, list) else tuple(items)
+    return obj
+
+
+def state_dict_to_safetensors(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and safetensors metadata for ``state_dict`` (aliases recorded in the metadata)."""
+    tensors, aliases = split_shared(state_dict)
+    metadata = {"format": "pt"}
+    if aliases:
+        metadata[ALIASES_KEY] = json.dumps(aliases)
+    return tensors, metadata
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file as a state dict, shared tensors restored from the metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        state = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+    for alias, name in json.loads(metadata.get(ALIASES_KEY, "{}")).items():
+        if name in state:  # in a sharded export the tensor may live in another shard
+            state[alias] = state[name]
+    return state
+
+
+def check_compatible(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, strict: bool) -> None:
+    """Raise, before anything is copied, if ``state`` does not fit ``model``, naming the first bad key."""
+    expected = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+    check_shapes(expected, {key: tuple(tensor.shape) for key, tensor in state.items()}, source, strict)
+
+
+def check_shapes(
+    expected: Mapping[str, tuple[int, ...]], saved: Mapping[str, tuple[int, ...]], source: str, strict: bool
+) -> None:
+    """Raise :class:`~plait.errors.CheckpointError` if the shapes ``saved`` in ``source`` do not fit the
+    model's ``expected`` ones (full, unsharded shapes), naming the first bad key in the model's order;
+    with ``strict``, missing and unexpected keys too. Backends call it before reading anything."""
+    for key, shape in expected.items():
+        if key in saved and tuple(saved[key]) != tuple(shape):
+            raise CheckpointError(
+                f"{source}: key {key!r} has shape {tuple(saved[key])} but the model's is {tuple(shape)}; "
+                f"nothing was loaded (build the model with the configuration that saved it)"
+            )
+    if strict:
+        missing = [k for k in expected if k not in saved]
+        unexpected = [k for k in saved if k not in expected]
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{source} does not match the model: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}; "
+                f"nothing was loaded (pass strict=False to load what matches)"
+            )

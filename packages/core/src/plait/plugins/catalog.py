@@ -1,0 +1,104 @@
+"""The first-party plugins and the choice of backend: one table, one function.
+
+:data:`FIRST_PARTY` names every plugin this project ships and the extra of the
+``plait`` distribution that installs it; config sections, install hints and the
+backend chosen for a run are all read from it. :func:`choose_backend` is the one
+place that decides which backend runs, for the Accelerator and for ``plait launch``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from plait.errors import ConfigError, closest
+from plait.plugins import discovery
+from plait.plugins.discovery import BACKENDS_GROUP, TRACKERS_GROUP
+
+if TYPE_CHECKING:
+    from plait.config import Config
+
+
+@dataclass(frozen=True)
+class FirstParty:
+    """A plugin of this project: its entry-point group and name, and the extra of ``plait`` that installs it."""
+
+    group: str
+    name: str
+    #: ``pip install plait[<extra>]``; ``None`` for what core itself provides.
+    extra: str | None
+
+
+#: The built-in single-process backend: core's default implementation of every hook group.
+BUILTIN_BACKEND = "single"
+#: The backend a run of several processes gets when none is named.
+MULTI_PROCESS_BACKEND = "ddp"
+
+FIRST_PARTY: tuple[FirstParty, ...] = (
+    FirstParty(BACKENDS_GROUP, BUILTIN_BACKEND, None),
+    FirstParty(BACKENDS_GROUP, "ddp", "ddp"),
+    FirstParty(BACKENDS_GROUP, "fsdp", "fsdp"),
+    FirstParty(BACKENDS_GROUP, "zero", "zero"),
+    FirstParty(BACKENDS_GROUP, "xla", "xla"),
+    FirstParty(TRACKERS_GROUP, "tensorboard", "tensorboard"),
+    FirstParty(TRACKERS_GROUP, "wandb", "wandb"),
+    FirstParty(TRACKERS_GROUP, "comet_ml", "comet"),
+)
+
+
+def first_party(group: str) -> tuple[str, ...]:
+    """Names of the first-party plugins of ``group``, installed or not."""
+    return tuple(p.name for p in FIRST_PARTY if p.group == group)
+
+
+def install_hint(group: str, name: str) -> str:
+    """The command that installs plugin ``name`` of ``group``, when a first-party extra has it."""
+    extra = next((p.extra for p in FIRST_PARTY if p.group == group and p.name == name), None)
+    return f"pip install plait[{extra}]" if extra else f"install the package that provides {group} entry point {name!r}"
+
+
+def selection_error(group: str, name: str, disabled: Sequence[str] = ()) -> str | None:
+    """Why plugin ``name`` of ``group`` cannot be selected (not installed, unknown, blocked), naming what is
+    installed and the ``pip install`` that adds the rest; ``None`` if it can be."""
+    installed = list(discovery.installed_backends()) if group == BACKENDS_GROUP else list(discovery.names(group))
+    kind = "backend" if group == BACKENDS_GROUP else "tracker"
+    if name in disabled:
+        return f"{kind} {name!r} is selected but blocked by PLAIT_DISABLE_PLUGINS; remove it from that list"
+    if name in installed:
+        return None
+    known = sorted(set(first_party(group)) | set(installed))
+    if name not in known:
+        others = ", ".join(f"{n} ({install_hint(group, n)})" for n in known if n not in installed)
+        return (
+            f"unknown {kind} {name!r}{closest(name, known)}: installed {kind}s are "
+            f"{', '.join(installed) or 'none'}" + (f"; others available: {others}" if others else "")
+        )
+    return f"{kind} {name!r} is not installed: {install_hint(group, name)} (installed {kind}s: {', '.join(installed) or 'none'})"
+
+
+def choose_backend(config: Config, num_processes: int, processes_source: str, processes_rank: int) -> str:
+    """The backend that runs: the configured one, else ``single`` for one process and ``ddp`` for more.
+
+    A configured ``single`` with several processes is a contradiction. The higher of its two
+    sources wins (an argument or flag over ``PLAIT_*`` variables over the config file): when the
+    process count's is higher, the multi-process default runs; otherwise it is an error naming both.
+
+    :param config: the resolved configuration (its ``sources`` say where ``backend`` came from).
+    :param num_processes: how many processes the run has, or asks for.
+    :param processes_source: where that count comes from, for the error (``"--num-processes 2"``).
+    :param processes_rank: that source's rank (:meth:`plait.config.Config.source_rank`; processes a
+        launcher already started rank as an argument).
+    """
+    backend = config.backend
+    if backend is None:
+        return MULTI_PROCESS_BACKEND if num_processes > 1 else BUILTIN_BACKEND
+    if backend == BUILTIN_BACKEND and num_processes > 1:
+        if config.source_rank("backend") < processes_rank:
+            return MULTI_PROCESS_BACKEND
+        raise ConfigError(
+            f"backend 'single' ({config.source_of('backend')}) runs one process, but {processes_source} asks for "
+            f"{num_processes}: use backend {MULTI_PROCESS_BACKEND!r} ({install_hint(BACKENDS_GROUP, MULTI_PROCESS_BACKEND)}) "
+            f"or another multi-process backend, or run one process"
+        )
+    return backend

@@ -1,0 +1,171 @@
+"""``prepare``: placing and wrapping models, optimizers, schedulers and dataloaders through the wrapping hooks."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from plait.data.loader import DataLoaderShard
+from plait.training.forward_patch import patch_forward, unpatch_forward
+from plait.training.optimizer import AcceleratedOptimizer
+from plait.training.scheduler import AcceleratedScheduler
+
+if TYPE_CHECKING:
+    from plait.accelerator import Accelerator
+
+_ACCEPTED = "torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, torch.utils.data.DataLoader"
+
+
+class Preparer:
+    """The Accelerator's preparation part: every object goes through its backend's wrapping hooks once,
+    and is recorded in ``accelerator.prepared``."""
+
+    def __init__(self, accelerator: Accelerator) -> None:
+        self.accelerator = accelerator
+
+    def prepare(self, *args: Any, device_placement: Sequence[bool] | None = None) -> Any:
+        """Prepare models, optimizers, schedulers and dataloaders, in any mix and order.
+
+        :return: the prepared objects in the order given (one object if one was given).
+        """
+        accelerator = self.accelerator
+        if device_placement is not None and len(device_placement) != len(args):
+            raise ValueError(
+                f"device_placement has {len(device_placement)} entries for {len(args)} objects: give one per object"
+            )
+        placements = list(device_placement) if device_placement is not None else [None] * len(args)
+        kinds = [kind_of(obj) for obj in args]
+        result: list[Any] = list(args)
+        for i, (obj, kind) in enumerate(zip(args, kinds)):
+            if kind == "dataloader":
+                result[i] = self.prepare_data_loader(obj, device_placement=placements[i])
+        for i, (obj, kind) in enumerate(zip(args, kinds)):
+            if kind == "model" and obj not in accelerator.prepared:
+                result[i] = self._place(obj, placements[i])
+        joint = accelerator.hooks.prepare_jointly(
+            accelerator,
+            models=[r for r, k in zip(result, kinds) if k == "model"],
+            optimizers=[a for a, k in zip(args, kinds) if k == "optimizer"],
+            schedulers=[a for a, k in zip(args, kinds) if k == "scheduler"],
+            dataloaders=[r for r, k in zip(result, kinds) if k == "dataloader"],
+        )
+        if joint is not None:
+            for i, kind in enumerate(kinds):
+                if kind != "dataloader" and result[i] in joint:
+                    result[i] = joint.get(result[i])
+                    accelerator.prepared.add(result[i], kind)
+            return result[0] if len(result) == 1 else tuple(result)
+        for i, kind in enumerate(kinds):
+            if kind == "model":
+                result[i] = self.prepare_model(result[i], device_placement=False)
+        for i, kind in enumerate(kinds):
+            if kind == "optimizer":
+                result[i] = self.prepare_optimizer(result[i])
+        for i, kind in enumerate(kinds):
+            if kind == "scheduler":
+                result[i] = self.prepare_scheduler(result[i])
+        return result[0] if len(result) == 1 else tuple(result)
+
+    def _place(self, model: torch.nn.Module, device_placement: bool | None) -> torch.nn.Module:
+        accelerator = self.accelerator
+        place = accelerator.config.device_placement if device_placement is None else device_placement
+        return accelerator.hooks.place_model(accelerator, model) if place else model
+
+    def prepare_model(
+        self, model: torch.nn.Module, device_placement: bool | None = None, evaluation_mode: bool = False
+    ) -> torch.nn.Module:
+        """Place and wrap one model (mixed-precision forward, and the backend's wrapper)."""
+        accelerator = self.accelerator
+        expect(model, "model")
+        if model in accelerator.prepared:
+            return model
+        model = self._place(model, device_placement)
+        accelerator.accumulation.forget(model)  # wrapping can change what its synchronisation does
+        wrapped = accelerator.hooks.wrap_model(accelerator, model, evaluation_mode)
+        if accelerator.config.mixed_precision != "no":
+            # On the outermost module, as HF Accelerate does: whatever the backend wrapped runs under autocast.
+            patch_forward(wrapped, accelerator.precision.wrap_forward)
+        accelerator.prepared.add(wrapped, "model")
+        return wrapped
+
+    def prepare_optimizer(self, optimizer: torch.optim.Optimizer, device_placement: bool | None = None) -> Any:
+        """Wrap one optimizer: it steps and zeroes only when gradients are synchronised."""
+        accelerator = self.accelerator
+        expect(optimizer, "optimizer")
+        if optimizer in accelerator.prepared or isinstance(optimizer, AcceleratedOptimizer):
+            return optimizer
+        wrapped = accelerator.hooks.wrap_optimizer(accelerator, optimizer)
+        accelerator.prepared.add(wrapped, "optimizer")
+        return wrapped
+
+    def prepare_scheduler(self, scheduler: Any) -> Any:
+        """Wrap one learning-rate scheduler: it steps only when its optimizer really stepped."""
+        accelerator = self.accelerator
+        expect(scheduler, "scheduler")
+        if scheduler in accelerator.prepared or isinstance(scheduler, AcceleratedScheduler):
+            return scheduler
+        wrapped = accelerator.hooks.wrap_scheduler(accelerator, scheduler)
+        accelerator.prepared.add(wrapped, "scheduler")
+        return wrapped
+
+    def prepare_data_loader(self, data_loader: torch.utils.data.DataLoader, device_placement: bool | None = None) -> Any:
+        """Wrap one dataloader: this process's batches, on the device, with a resumable position."""
+        accelerator = self.accelerator
+        expect(data_loader, "dataloader")
+        if data_loader in accelerator.prepared or isinstance(data_loader, DataLoaderShard):
+            return data_loader
+        wrapped = accelerator.hooks.wrap_dataloader(accelerator, data_loader)
+        if device_placement is False and isinstance(wrapped, DataLoaderShard):
+            wrapped.place = None
+        accelerator.prepared.add(wrapped, "dataloader")
+        return wrapped
+
+    def unwrap_model(self, model: torch.nn.Module, keep_fp32_wrapper: bool = True, keep_torch_compile: bool = True) -> Any:
+        """The user's module inside a prepared model."""
+        if not keep_fp32_wrapper:
+            unpatch_forward(model)
+        inner: Any = self.accelerator.hooks.unwrap_model(self.accelerator, model, keep_fp32_wrapper)
+        if not keep_fp32_wrapper:
+            unpatch_forward(getattr(inner, "_orig_mod", inner))
+        if not keep_torch_compile and hasattr(inner, "_orig_mod"):
+            inner = inner._orig_mod
+        return inner
+
+    def free_memory(self, *objects: Any) -> list[None]:
+        """Drop the references this accelerator holds, collect garbage, empty device caches."""
+        accelerator = self.accelerator
+        accelerator.prepared.clear()
+        accelerator.accumulation.clear()
+        accelerator.gradient_state.step = 0
+        objects_freed: list[None] = [None for _ in objects]
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return objects_freed
+
+
+def kind_of(obj: Any) -> str:
+    """``"model"``, ``"optimizer"``, ``"scheduler"`` or ``"dataloader"``; a ``TypeError`` for anything else."""
+    if isinstance(obj, torch.nn.Module):
+        return "model"
+    if isinstance(obj, torch.optim.Optimizer):
+        return "optimizer"
+    if isinstance(obj, (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau,
+                        AcceleratedScheduler)):
+        return "scheduler"
+    if isinstance(obj, torch.utils.data.DataLoader):
+        return "dataloader"
+    raise TypeError(
+        f"prepare() got an object of type {type(obj).__module__}.{type(obj).__qualname__}: "
+        f"expected {_ACCEPTED} (or a list of them passed one by one)"
+    )
+
+
+def expect(obj: Any, kind: str) -> None:
+    """Refuse ``obj`` unless it is a ``kind``, naming the ``prepare_*`` method that takes it."""
+    found = kind_of(obj)
+    if found != kind:
+        raise TypeError(f"expected a {kind}, got {type(obj).__qualname__} (a {found}); use prepare_{found}")
