@@ -34,6 +34,7 @@ def build(model_name: str) -> tuple[Any, Any, Any]:
 
     width_in, width_out, layers, batch, batches = MODELS[model_name]
     torch.manual_seed(SEED)
+    model: torch.nn.Module
     if layers == 0:
         model = torch.nn.Linear(width_in, width_out)
     else:
@@ -56,7 +57,7 @@ def raw_epoch(model: Any, optimizer: Any, loader: Any, accumulation: int) -> Any
         def epoch() -> None:
             for x, y in loader:
                 loss = mse(model(x), y)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
                 optimizer.zero_grad()
 
@@ -66,7 +67,7 @@ def raw_epoch(model: Any, optimizer: Any, loader: Any, accumulation: int) -> Any
         last = len(loader)
         for i, (x, y) in enumerate(loader, start=1):
             loss = mse(model(x), y) / accumulation
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             if i % accumulation == 0 or i == last:
                 optimizer.step()
                 optimizer.zero_grad()
@@ -119,7 +120,7 @@ def interleaved(accelerator: Any, raw_copies: dict[str, tuple[Any, Any, Any]], p
 
     def raw_step(model: Any, optimizer: Any, i: int, last: int, x: Any, y: Any) -> None:
         loss = mse(model(x), y) / accumulation
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         if i % accumulation == 0 or i == last:
             optimizer.step()
             optimizer.zero_grad()

@@ -1,15 +1,14 @@
-"""Two-process CPU benchmark of the fsdp backend against ddp: per-process training-state memory and step time.
+"""Two-process CPU benchmark of plait's fsdp backend against FSDP2 by hand: step time and per-process memory.
 
-    python benchmarks/fsdp.py            # about 5 minutes on 2 busy cores
-    python benchmarks/fsdp.py --quick    # a short smoke run
+    python benchmarks/fsdp.py            # about 10 minutes on 2 busy cores
+    python benchmarks/fsdp.py --quick    # a short smoke run (about 3 minutes)
 
 The same ~50M-parameter transformer-style model (4 pre-norm blocks, width 1024)
-trains with AdamW through plait's ``Accelerator``, with ``backend="ddp"``, with
-``backend="fsdp"`` (each block its own ``fully_shard`` group), and with fsdp and
-``reshard_after_forward=false`` (SHARD_GRAD_OP, for step time), each
-launched by torchrun (``python -m torch.distributed.run --standalone
---nproc-per-node 2``) over gloo. Launches rotate between the three and the median
-is reported.
+trains with AdamW on the same data (``_fsdp_worker.py``) under raw FSDP2
+(``fully_shard`` by hand, sharded as plait's backend shards it), twice (``raw`` and
+the A/A control ``raw_control``), under plait's ``backend="fsdp"``, and under plait's
+``backend="ddp"`` (the reference of the memory target), each launch a fresh pair
+of processes (torchrun, gloo), rounds rotating the order.
 
 Memory is the bytes of the tensors a process holds for training after an optimizer
 step: parameters, gradients and optimizer state (AdamW's two moments and step),
@@ -22,192 +21,134 @@ Writes ``benchmarks/results/fsdp.json`` and ``benchmarks/results/fsdp.md``.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import statistics
-import tempfile
-import time
-from pathlib import Path
+import sys
+from typing import Any
 
-from _common import torchrun
+from _common import (
+    CONTROL,
+    HERE,
+    Sandbox,
+    compare_sets,
+    document,
+    judge,
+    launch_rounds,
+    log,
+    median,
+    row,
+    run_suite,
+    table,
+    torchrun,
+)
 
-RESULTS = Path(__file__).resolve().parent / "results"
-
-WORKER = r'''
-import json, resource, sys, time
-import torch
-from torch import nn
-
-backend, steps, warmup, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-torch.set_num_threads(1)
-D, LAYERS, T, B = 1024, 4, 16, 4
-
-
-class Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(D), nn.LayerNorm(D)
-        self.qkv, self.proj = nn.Linear(D, 3 * D, bias=False), nn.Linear(D, D)
-        self.mlp = nn.Sequential(nn.Linear(D, 4 * D), nn.GELU(), nn.Linear(4 * D, D))
-
-    def forward(self, x):
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, 16, d // 16).permute(2, 0, 3, 1, 4)
-        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
-        return x + self.mlp(self.norm2(x))
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.blocks = nn.ModuleList(Block() for _ in range(LAYERS))
-        self.head = nn.Linear(D, D)
-
-    def forward(self, x):
-        for block in self.blocks:
-            x = block(x)
-        return self.head(x)
+WORKER = HERE / "_fsdp_worker.py"
+CONTENDERS = ("raw", CONTROL, "plait", "ddp")
+LABELS = {"raw": "raw FSDP2", CONTROL: "raw FSDP2 (A/A)", "plait": "plait fsdp", "ddp": "plait ddp"}
+TARGETS = {"step": 1.02, "state": 1.00, "rss": 1.02, "state_vs_ddp": 0.55}
+PLANS = {"full": {"rounds": 3, "steps": 8, "warmup": 2}, "quick": {"rounds": 1, "steps": 3, "warmup": 1}}
+KINDS = ("parameters", "gradients", "optimizer")
+METHOD = [
+    "Every launch is a fresh pair of processes (torchrun, gloo, one thread each, empty config homes) running one "
+    "contender; a round launches each once, the order rotated from round to round. Raw FSDP2 runs twice per "
+    "round (`raw`, `raw_control`): raw_control / raw, the A/A control, is what noise alone does.",
+    "Raw FSDP2: `fully_shard(block, reshard_after_forward=True)` on each Block, last first, then "
+    "`fully_shard(model, reshard_after_forward=False)`, on a 1-d CPU mesh, default mixed-precision and offload "
+    "policies (what plait's fsdp backend applies for `transformer_layer_cls_to_wrap: Block`); AdamW(lr=1e-4) on the "
+    "sharded parameters. plait: `Accelerator(backend=\"fsdp\", backend_options={\"transformer_layer_cls_to_wrap\": "
+    "\"Block\"})`, model and AdamW prepared.",
+    "Step time: forward, backward, AdamW step between two barriers, the slower rank's, median over the timed steps "
+    "after the warm-up; a round's ratio is contender / raw of that round, the ratio shown the median over rounds.",
+    "Memory: parameters + gradients + optimizer state after the first step (each storage once, the local shard of "
+    "each DTensor), and peak RSS (`ru_maxrss`), of the largest process.",
+    "A row whose A/A control is off by more than its margin (the target's distance from 1.000x; 0 for the state "
+    "bytes, which are deterministic), or whose rounds spread so widely that their median is not known to half that "
+    "margin, is marked noisy, not judged. Rows without a target are info.",
+]
 
 
-from plait import Accelerator
+def _launch(sandbox: Sandbox, plan: dict[str, int]) -> dict[str, list[list[dict[str, Any]]]]:
+    def launch(contender: str, round_: int) -> list[dict[str, Any]]:
+        out = sandbox.scratch / f"{contender}-{round_}.json"
+        torchrun(WORKER, [contender, str(plan["steps"]), str(plan["warmup"]), str(out)], sandbox.launch_env())
+        ranks: list[dict[str, Any]] = json.loads(out.read_text())
+        log(f"fsdp {contender}: {_step(ranks):.3f} s/step, {_state(ranks) / 2**20:.1f} MiB state per process")
+        return ranks
 
-options = {}
-if backend.startswith("fsdp"):
-    options = {"transformer_layer_cls_to_wrap": "Block", "reshard_after_forward": backend == "fsdp"}
-accelerator = Accelerator(backend=backend.split("-")[0], backend_options=options)
-torch.manual_seed(0)
-model = Model()
-n_params = sum(p.numel() for p in model.parameters())
-optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-model, optimizer = accelerator.prepare(model, optimizer)
+    return launch_rounds(CONTENDERS, plan["rounds"], launch, "fsdp")
 
 
-def local(t):
-    return t.to_local() if hasattr(t, "to_local") else t
+def _step(ranks: list[dict[str, Any]]) -> float:
+    """Median over steps of the slower rank's step time."""
+    return median(max(steps) for steps in zip(*(r["step_s"] for r in ranks)))
 
 
-def state_bytes():
-    seen, total = set(), {"parameters": 0, "gradients": 0, "optimizer": 0}
-
-    def add(kind, tensor):
-        tensor = local(tensor)
-        key = (tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes())
-        if key not in seen:
-            seen.add(key)
-            total[kind] += tensor.untyped_storage().nbytes()
-
-    for p in model.parameters():
-        add("parameters", p)
-        if p.grad is not None:
-            add("gradients", p.grad)
-    for state in optimizer.state.values():
-        for value in state.values():
-            if isinstance(value, torch.Tensor):
-                add("optimizer", value)
-    return total
+def _state(ranks: list[dict[str, Any]], kind: str | None = None) -> float:
+    return float(max(r["memory"][kind] if kind else sum(r["memory"].values()) for r in ranks))
 
 
-g = torch.Generator().manual_seed(accelerator.process_index)
-times, memory = [], None
-for i in range(warmup + steps):
-    x = torch.randn(B, T, D, generator=g)
-    accelerator.wait_for_everyone()
-    start = time.perf_counter()
-    loss = model(x).pow(2).mean()
-    accelerator.backward(loss)
-    optimizer.step()
-    accelerator.wait_for_everyone()
-    if i >= warmup:
-        times.append(time.perf_counter() - start)
-    if memory is None:
-        memory = state_bytes()
-    optimizer.zero_grad()
-result = {"parameters_total": n_params, "memory": memory, "step_s": sorted(times)[len(times) // 2],
-          "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-every = accelerator.gather_object(result)
-if accelerator.is_main_process:
-    with open(out, "w") as f:
-        json.dump(every, f)
-accelerator.end_training()
-'''
+def _rss(ranks: list[dict[str, Any]]) -> float:
+    return float(max(r["max_rss_bytes"] for r in ranks))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    steps, warmup, launches = (3, 1, 1) if args.quick else (8, 2, 3)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLAIT_", "ACCELERATE_"))}
-    env["OMP_NUM_THREADS"] = "1"
-    # fsdp-grad-op: reshard_after_forward=false (SHARD_GRAD_OP): one all-gather per step instead of two.
-    runs: dict[str, list[list[dict]]] = {"ddp": [], "fsdp": [], "fsdp-grad-op": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        env["XDG_CONFIG_HOME"] = tmp  # no user config file changes what is measured
-        worker = Path(tmp) / "train.py"
-        worker.write_text(WORKER)
-        for launch in range(launches):
-            names = list(runs)
-            for backend in names[launch % 3:] + names[: launch % 3]:
-                out = Path(tmp) / f"{backend}-{launch}.json"
-                torchrun(worker, [backend, str(steps), str(warmup), str(out)], env)
-                runs[backend].append(json.loads(out.read_text()))
-                ranks = runs[backend][-1]
-                print(f"{backend:12s} launch {launch}: {max(r['step_s'] for r in ranks):.3f} s/step, "
-                      f"{max(sum(r['memory'].values()) for r in ranks) / 2**20:.1f} MiB state per process",
-                      flush=True)
+def measure(sandbox: Sandbox, quick: bool) -> dict[str, Any]:
+    plan = PLANS["quick" if quick else "full"]
+    runs = _launch(sandbox, plan)
+    rounds = range(plan["rounds"])
 
-    def per_process(backend: str, kind: str | None = None) -> float:
-        """The largest process's bytes (of one kind, or all), from the first launch (it is deterministic)."""
-        ranks = runs[backend][0]
-        return float(max(r["memory"][kind] if kind else sum(r["memory"].values()) for r in ranks))
+    def compared(metric: Any, scale: float = 1.0) -> dict[str, Any]:
+        return compare_sets([{c: [metric(runs[c][r]) / scale] for c in CONTENDERS} for r in rounds])
 
-    step = {b: statistics.median(max(r["step_s"] for r in ranks) for ranks in runs[b]) for b in runs}
-    rss = {b: statistics.median(max(r["max_rss_bytes"] for r in ranks) for ranks in runs[b]) for b in runs}
-    ratio = per_process("fsdp") / per_process("ddp")
-    params = runs["ddp"][0][0]["parameters_total"]
-    rows = [
-        {"measurement": f"parameters + gradients + AdamW state per process ({params / 1e6:.1f}M parameters)",
-         "unit": "MiB", "ddp": per_process("ddp") / 2**20, "fsdp": per_process("fsdp") / 2**20, "ratio": ratio,
-         "target": "<= 0.55x ddp", "status": "PASS" if ratio <= 0.55 else "FAIL"},
-    ]
-    for kind in ("parameters", "gradients", "optimizer"):
-        rows.append({"measurement": f"  of which {kind}", "unit": "MiB", "ddp": per_process("ddp", kind) / 2**20,
-                     "fsdp": per_process("fsdp", kind) / 2**20,
-                     "ratio": per_process("fsdp", kind) / per_process("ddp", kind), "target": "-", "status": "-"})
-    rows.append({"measurement": "peak resident memory per process (whole process, incl. torch)", "unit": "MiB",
-                 "ddp": rss["ddp"] / 2**20, "fsdp": rss["fsdp"] / 2**20, "ratio": rss["fsdp"] / rss["ddp"],
-                 "target": "reported", "status": "-"})
-    rows.append({"measurement": "step time (forward, backward, AdamW step; batch 4x16 tokens per process)",
-                 "unit": "s", "ddp": step["ddp"], "fsdp": step["fsdp"], "ratio": step["fsdp"] / step["ddp"],
-                 "target": "reported", "status": "-"})
-    rows.append({"measurement": "step time, fsdp with reshard_after_forward=false (SHARD_GRAD_OP)",
-                 "unit": "s", "ddp": step["ddp"], "fsdp": step["fsdp-grad-op"],
-                 "ratio": step["fsdp-grad-op"] / step["ddp"], "target": "reported", "status": "-"})
-    results = {"generated": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "cores": os.cpu_count(),
-               "launches": launches, "steps": steps, "warmup": warmup, "runs": runs, "rows": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "fsdp.json").write_text(json.dumps(results, indent=1))
-    lines = [
-        "# plait fsdp benchmark (2 CPU processes, gloo)", "",
-        f"Generated {results['generated']} by `python benchmarks/fsdp.py`{' --quick' if args.quick else ''}; "
-        f"{launches} launches per contender, rotating, {steps} timed steps after {warmup} warm-up, median shown. "
-        f"{os.cpu_count()} cores shared with other work: step times are noisy.", "",
-        "| measurement | unit | ddp | fsdp | fsdp / ddp | target | status |",
-        "| --- | --- | ---: | ---: | ---: | --- | --- |",
-    ]
-    for r in rows:
-        digits = 3 if r["unit"] == "s" else 1
-        status = f"**{r['status']}**" if r["status"] in ("PASS", "FAIL") else r["status"]
-        lines.append(f"| {r['measurement']} | {r['unit']} | {r['ddp']:.{digits}f} | {r['fsdp']:.{digits}f} | "
-                     f"{r['ratio']:.3f}x | {r['target']} | {status} |")
-    lines += ["", "Memory counts each storage once (for fsdp the local shard); DDP's gradient buckets, an extra "
-              "gradient-sized buffer per process, are not counted, which favours ddp."]
-    text = "\n".join(lines) + "\n"
-    (RESULTS / "fsdp.md").write_text(text)
-    print(text)
+    step = compared(_step)
+    state = compared(_state, 2**20)
+    rss = compared(_rss, 2**20)
+    parts = {k: compared(lambda ranks, k=k: _state(ranks, k), 2**20) for k in KINDS}
+    params = runs["raw"][0][0]["parameters_total"]
+    rows = []
+
+    def judged(name: str, measurement: str, unit: str, result: dict[str, Any], key: str, note: str = "") -> None:
+        target = TARGETS[key]
+        ratio = result["ratio"]
+        status, why = judge(ratio["plait"], target, control=ratio[CONTROL], per_set=result["ratio_per_set"]["plait"])
+        rows.append(row(name, measurement, unit, result["value"], ratio, f"<= {target:.2f}x raw", status,
+                        "; ".join(filter(None, [note, why])), columns=CONTENDERS))
+
+    judged("step", "step time (forward, backward, AdamW step; batch 4x16 tokens per process)", "s", step, "step",
+           f"plait adds {step['difference']['plait'] * 1e3:.0f} ms/step (median over rounds)")
+    judged("memory", f"parameters + gradients + AdamW state per process ({params / 1e6:.1f}M parameters)", "MiB",
+           state, "state")
+    for kind in KINDS:
+        rows.append(row("memory", f"  of which {kind}", "MiB", parts[kind]["value"], parts[kind]["ratio"], "-", "info",
+                        columns=CONTENDERS))
+    judged("memory", "peak resident memory per process (whole process, incl. torch)", "MiB", rss, "rss")
+    # The fsdp backend against plait's own ddp: the sharding target (deterministic bytes, so no A/A noise).
+    vs_ddp = state["value"]["plait"] / state["value"]["ddp"]
+    target = TARGETS["state_vs_ddp"]
+    status, why = judge(vs_ddp, target, control=state["ratio"][CONTROL], per_set=[])
+    rows.append(row("memory", "parameters + gradients + AdamW state, plait fsdp / plait ddp", "MiB", state["value"],
+                    state["ratio"], f"plait <= {target:.2f}x ddp", status,
+                    "; ".join(filter(None, [f"plait fsdp / plait ddp = {vs_ddp:.3f}x", why])), columns=CONTENDERS))
+    return {
+        "settings": {**plan, "threads": 1, "backend": "gloo", "optimizer": "AdamW(lr=1e-4)",
+                     "model": "4 pre-norm blocks, width 1024, 16 heads, head Linear(1024, 1024)",
+                     "plait_backend_options": {"transformer_layer_cls_to_wrap": "Block"}},
+        "targets": TARGETS,
+        "results": {"step_s": step, "state_mib": state, "rss_mib": rss, "parts_mib": parts, "runs": runs},
+        "rows": rows,
+    }
+
+
+def page(results: dict[str, Any]) -> str:
+    body = table(results["rows"], CONTENDERS, LABELS)
+    extra = ["Memory counts each storage once (for fsdp the local shard); DDP's gradient buckets, an extra "
+             "gradient-sized buffer per process, are not counted, which favours ddp. On 2 cores shared with other "
+             "work, step times are noisy: the A/A control says how much."]
+    return document("plait fsdp benchmark (2 CPU processes, gloo)", "python benchmarks/fsdp.py", results, body,
+                    METHOD, extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_suite(argv, name="fsdp", doc=__doc__ or "", measure=measure, page=page)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

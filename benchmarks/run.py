@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Sandbox, machine_info
+from _common import Sandbox, machine_info, table, write_results
 from suite_core import BENCHMARKS, TARGETS, heaviest_imports_over_target
 
 SUITE = "core"
@@ -41,35 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------- rendering
-def _number(value: float | None, unit: str) -> str:
-    if value is None:
-        return "-"
-    if unit == "GB/s":
-        return f"{value:.2f}"
-    if unit == "ms":
-        return f"{value:.1f}"
-    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
-
-
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}x"
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| benchmark | measurement | unit | raw | plait | accelerate | plait / raw | accelerate / raw | target | plait |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['benchmark']} | {r['measurement']} | {r['unit']} | {_number(r['raw'], r['unit'])} | "
-            f"{_number(r['plait'], r['unit'])} | {_number(r['accelerate'], r['unit'])} | {_ratio(r['plait_ratio'])} | "
-            f"{_ratio(r['accelerate_ratio'])} | {r['target']} | **{r['status']}** |"
-        )
-    return "\n".join(lines)
-
-
 def markdown(results: dict[str, Any]) -> str:
+    """core.md: the table (``_common.table``), the notes, how it is measured, and plait's heaviest imports."""
     machine = results["machine"]
     rows = [r for name in BENCHMARKS if name in results["benchmarks"] for r in results["benchmarks"][name]["rows"]]
     runs = ", ".join(f"{n}: {e['mode']} run, {e['finished']}" for n, e in results["benchmarks"].items())
@@ -139,13 +111,6 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------- files
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def _previous(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -179,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             benchmarks[name] = entry
     finally:
         sandbox.close()
-    results = {
+    results: dict[str, Any] = {
         "suite": SUITE,
         "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "duration_s": round(time.perf_counter() - started, 1),
@@ -188,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmarks": {n: benchmarks[n] for n in BENCHMARKS if n in benchmarks},
     }
     results["summary"] = [r for entry in results["benchmarks"].values() for r in entry["rows"]]
-    _write(json_path, json.dumps(results, indent=1) + "\n")
-    _write(md_path, markdown(results))
+    write_results(args.results_dir, SUITE, results, markdown(results))
     print(table(results["summary"]))
     print(f"\nwrote {json_path} and {md_path} in {results['duration_s']:.0f} s")
     failed = [r["measurement"] for r in results["summary"] if r["status"] == "FAIL"]
