@@ -37,8 +37,13 @@ def ddp(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def cli(session: nox.Session) -> None:
-    """Core, ddp and plait-cli: the `plait` console script run as a user runs it, launching real gloo jobs."""
-    session.install(*CONSTRAINTS, "-e", "packages/core", "-e", "packages/ddp", "-e", "packages/cli", "pytest")
+    """Core, ddp and plait-cli: the `plait` console script run as a user runs it, launching real gloo jobs.
+
+    plait-trackers comes without its extras (no tensorboard, wandb or comet_ml): trackers whose library
+    is missing must keep the command line quiet.
+    """
+    session.install(*CONSTRAINTS, "-e", "packages/core", "-e", "packages/ddp", "-e", "packages/cli",
+                    "-e", "packages/trackers", "pytest")
     session.run("pytest", "tests/cli", *session.posargs)
 
 

@@ -176,3 +176,22 @@ def test_one_process_matches_plain_torch(single: dict[str, Any], stage: int) -> 
     assert max_diff(run["params"], reference(2 * W.BATCH, scheduler_steps=1)) < TOLERANCE
     # The group of one DeepSpeed needed is torn down by end_training.
     assert single["group_before_end"] and not single["group_after_end"]
+
+
+def test_plain_python_without_a_launcher_runs_as_a_group_of_one(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+
+    from plait.testing import LAUNCHER_VARIABLES
+
+    out = tmp_path / "run.json"
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    result = subprocess.run([sys.executable, str(Path(__file__).parent / "scripts" / "plain_python.py"), str(out)],
+                            env=env, capture_output=True, text=True, timeout=300)
+
+    assert result.returncode == 0, result.stderr[-4000:]
+    run = json.loads(out.read_text(encoding="utf-8"))
+    assert run["type"] == "DeepSpeedEngine"
+    params = {name: torch.tensor(value) for name, value in run["params"].items()}
+    assert max_diff(params, reference(2 * W.BATCH, scheduler_steps=1)) < TOLERANCE

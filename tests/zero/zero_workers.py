@@ -56,9 +56,7 @@ def train(backend: str, accumulation: int = 1, options: dict[str, Any] | None = 
     accelerator = Accelerator(backend=backend, gradient_accumulation_steps=accumulation, backend_options=options,
                               mixed_precision=mixed_precision)
     if options and options.get("zero3_init"):
-        import plait_zero
-
-        with plait_zero.zero3_init(accelerator):
+        with accelerator.init_module():  # the backend-neutral way: no import of plait_zero
             model = make_model()
         out_numel = sum(int(p.ds_tensor.numel()) for p in model.parameters())  # partitioned as soon as built
     else:

@@ -123,7 +123,8 @@ def questionnaire(state: CliState) -> dict[str, Any]:
         )
     values["mixed_precision"] = ask("Mixed precision?", default="no", choices=list(MIXED_PRECISION_CHOICES))
     values["gradient_accumulation_steps"] = ask("Gradient accumulation steps?", default=1, type=click.IntRange(min=1))
-    trackers = installed_trackers()
+    missing = {info.name for info in state.needs}  # a tracker whose library is not installed cannot run
+    trackers = tuple(name for name in installed_trackers() if name not in missing and name not in unusable)
     if trackers:
         answer = ask(f"Log with which trackers ({', '.join(trackers)}; comma-separated, or none)?", default="none")
         names = [name.strip() for name in answer.split(",") if name.strip() and name.strip() != "none"]

@@ -72,6 +72,8 @@ def ensure_comm(deepspeed: Any, device_type: str) -> None:
         dist.init_process_group("gloo" if device_type == "cpu" else "nccl", store=dist.HashStore(), rank=0,
                                 world_size=1)
         _STARTED_GROUP = True
+        # DeepSpeed's engine asserts that a launcher set LOCAL_RANK; `python train.py` is a group of one.
+        os.environ.setdefault("LOCAL_RANK", "0")
     deepspeed.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False)
 
 
