@@ -88,11 +88,12 @@ def all(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    """ruff over everything, mypy over the packages."""
-    session.install(*CONSTRAINTS, "ruff", "mypy", "types-PyYAML", "-e", "packages/core", "-e", "packages/ddp",
+    """ruff over everything; mypy --strict over every package and the benchmarks."""
+    session.install(*CONSTRAINTS, "ruff", "mypy", "types-PyYAML", "accelerate", "-e", "packages/core", "-e", "packages/ddp",
                     "-e", "packages/cli", "-e", "packages/fsdp", "-e", "packages/zero", *TRACKERS, env=PIP_CONSTRAINT)
     session.run("ruff", "check", ".")
-    session.run("mypy")
+    session.run("mypy", "--strict")  # every package (pyproject's [tool.mypy] packages)
+    session.run("mypy", "--strict", "benchmarks")
 
 
 @nox.session(python="3.11")

@@ -54,7 +54,7 @@ def train(contender: str, steps: int, warmup: int, out: str) -> None:
         model = torch.nn.parallel.DistributedDataParallel(model)
 
         def backward(loss: torch.Tensor) -> None:
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
 
         barrier, rank = dist.barrier, dist.get_rank()
     else:

@@ -57,7 +57,7 @@ def raw_epoch(model: Any, optimizer: Any, loader: Any, accumulation: int) -> Any
         def epoch() -> None:
             for x, y in loader:
                 loss = mse(model(x), y)
-                loss.backward()  # type: ignore[no-untyped-call]
+                loss.backward()
                 optimizer.step()
                 optimizer.zero_grad()
 
@@ -67,7 +67,7 @@ def raw_epoch(model: Any, optimizer: Any, loader: Any, accumulation: int) -> Any
         last = len(loader)
         for i, (x, y) in enumerate(loader, start=1):
             loss = mse(model(x), y) / accumulation
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
             if i % accumulation == 0 or i == last:
                 optimizer.step()
                 optimizer.zero_grad()
@@ -120,7 +120,7 @@ def interleaved(accelerator: Any, raw_copies: dict[str, tuple[Any, Any, Any]], p
 
     def raw_step(model: Any, optimizer: Any, i: int, last: int, x: Any, y: Any) -> None:
         loss = mse(model(x), y) / accumulation
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         if i % accumulation == 0 or i == last:
             optimizer.step()
             optimizer.zero_grad()

@@ -103,7 +103,7 @@ def _tolerance(mixed_precision: str) -> float:
 @click.option("--cpu", is_flag=True, default=None, help="Run on CPU even if GPUs are present.")
 @click.option("--config-file", type=click.Path(dir_okay=False), default=None)
 @click.pass_obj
-def test(state: Any, config_file: str | None, **flags: Any) -> None:
+def test(state: Any, /, config_file: str | None, **flags: Any) -> None:
     """Train a small model on the configured processes and check the numbers against plain PyTorch.
 
     N processes with batch b must end with the parameters of one process with batch N*b

@@ -11,20 +11,18 @@ delegates to them; the façade never asks which backend is active (ARCHITECTURE.
 from __future__ import annotations
 
 import atexit
-import functools
-import inspect
 import os
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Concatenate, ParamSpec
+from typing import Any
 
 import torch
 
 from plait.checkpoint.checkpointer import Checkpointer
 from plait.collectives import Collectives
 from plait.config import ARGUMENT, Config, resolve_config
-from plait.config.arguments import config_arguments
+from plait.config.arguments import config_arguments, recording_given_arguments
 from plait.data import skip_first_batches
 from plait.delegation import attribute, delegate
 from plait.errors import PluginError
@@ -36,25 +34,10 @@ from plait.process.environment import ProcessEnvironment
 from plait.process.launch_variables import detect as detect_launch
 from plait.process.process_state import ProcessState
 from plait.project import ProjectConfiguration
+from plait.random import check_rng_types
 from plait.tracking import GeneralTracker
 from plait.tracking.trackers import Trackers
 from plait.training import Accumulation, GradientState, PreparedRegistry, Preparer
-
-_RNG_TYPES = ("torch", "cuda", "mps", "xla", "generator")
-_P = ParamSpec("_P")
-
-
-def _recording_given_arguments(init: Callable[Concatenate[Accelerator, _P], None]) -> Callable[Concatenate[Accelerator, _P], None]:
-    """Record which arguments the caller passed (an argument passed always wins over the config file,
-    even when it equals its default), keeping ``__init__``'s signature for introspection."""
-    signature = inspect.signature(init)
-
-    @functools.wraps(init)
-    def init_recording(self: Accelerator, *args: _P.args, **kwargs: _P.kwargs) -> None:
-        self._given = dict(signature.bind(self, *args, **kwargs).arguments)
-        init(self, *args, **kwargs)
-
-    return init_recording
 
 
 class Accelerator:
@@ -73,7 +56,7 @@ class Accelerator:
 
     _given: dict[str, Any]
 
-    @_recording_given_arguments
+    @recording_given_arguments
     def __init__(
         self,
         device_placement: bool = True,
@@ -97,7 +80,7 @@ class Accelerator:
         tracker_names, _ = split_trackers(log_with)
         arguments = config_arguments(self._given, tracker_names)
         self.config: Config = resolve_config(arguments, extra_backends=discovery.installed_backends())
-        self.rng_types = _check_rng_types(rng_types)
+        self.rng_types = check_rng_types(rng_types)
         self.project_configuration = project_config if project_config is not None else ProjectConfiguration()
         if self.config.project_dir is not None and self.project_configuration.project_dir is None:
             self.project_configuration.set_directories(self.config.project_dir)
@@ -280,22 +263,8 @@ class Accelerator:
             raise ValueError(f"gradient_accumulation_steps={value!r} is not valid: expected a whole number of at least 1")
         self.gradient_state.num_steps = value
 
-    @property
-    def sync_gradients(self) -> bool:
-        return self.gradient_state.sync_gradients
-
-    @sync_gradients.setter
-    def sync_gradients(self, value: bool) -> None:
-        self.gradient_state.sync_gradients = value
-
-    @property
-    def step(self) -> int:
-        """Micro-steps since the last gradient synchronisation."""
-        return self.gradient_state.step
-
-    @step.setter
-    def step(self, value: int) -> None:
-        self.gradient_state.step = value
+    sync_gradients: attribute[bool] = attribute("gradient_state", writable=True)
+    step: attribute[int] = attribute("gradient_state", writable=True, doc="Micro-steps since the last synchronisation.")
 
     def __repr__(self) -> str:
         return (
@@ -314,11 +283,3 @@ def _shutdown_at_exit(reference: weakref.ref[Accelerator]) -> None:
     accelerator = reference()
     if accelerator is not None:
         _shutdown(accelerator)
-
-
-def _check_rng_types(rng_types: Sequence[str] | None) -> list[str]:
-    types = ["generator"] if rng_types is None else [str(getattr(t, "value", t)) for t in rng_types]
-    for t in types:
-        if t not in _RNG_TYPES:
-            raise ValueError(f"rng_types contains {t!r}: expected some of {', '.join(_RNG_TYPES)}")
-    return types

@@ -38,11 +38,13 @@ class delegate(Generic[_P, _R]):
 
 
 class attribute(Generic[_R]):
-    """The attribute of the same name (or ``name``) of the part in attribute ``part``; read-only."""
+    """The attribute of the same name (or ``name``) of the part in attribute ``part``; read-only unless
+    ``writable``."""
 
-    def __init__(self, part: str, name: str | None = None, doc: str | None = None) -> None:
+    def __init__(self, part: str, name: str | None = None, doc: str | None = None, writable: bool = False) -> None:
         self.part = part
         self.name = name or ""
+        self.writable = writable
         self.__doc__ = doc
 
     def __set_name__(self, owner: type[Any], name: str) -> None:
@@ -58,3 +60,8 @@ class attribute(Generic[_R]):
         if instance is None:
             return self
         return getattr(getattr(instance, self.part), self.name)
+
+    def __set__(self, instance: object, value: _R) -> None:
+        if not self.writable:
+            raise AttributeError(f"{type(instance).__name__}.{self.name} is read-only")
+        setattr(getattr(instance, self.part), self.name, value)

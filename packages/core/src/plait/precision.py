@@ -90,7 +90,7 @@ class TorchAmpPrecision(Precision):
                 outputs = forward(*args, **kwargs)
             return convert_to_fp32(outputs)
 
-        forward_in_mixed_precision.__wrapped__ = forward  # type: ignore[attr-defined]
+        forward_in_mixed_precision.__wrapped__ = forward
         return forward_in_mixed_precision
 
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:

@@ -8,6 +8,17 @@ from typing import Any
 import numpy as np
 import torch
 
+RNG_TYPES = ("torch", "cuda", "mps", "xla", "generator")
+
+
+def check_rng_types(rng_types: Any) -> list[str]:
+    """``Accelerator(rng_types=...)`` checked: names of :data:`RNG_TYPES` (``["generator"]`` when ``None``)."""
+    types = ["generator"] if rng_types is None else [str(getattr(t, "value", t)) for t in rng_types]
+    for t in types:
+        if t not in RNG_TYPES:
+            raise ValueError(f"rng_types contains {t!r}: expected some of {', '.join(RNG_TYPES)}")
+    return types
+
 
 def set_seed(seed: int, device_specific: bool = False, deterministic: bool = False) -> None:
     """Seed python, numpy and torch (every device) with ``seed``.

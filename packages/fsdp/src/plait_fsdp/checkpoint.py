@@ -68,20 +68,20 @@ def _register_dcp_files(accelerator: Any, writer: Any, name: str) -> None:
 
 
 def _dcp_save(accelerator: Any, tensors: dict[str, torch.Tensor], writer: Any, name: str) -> None:
-    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict_saver import save
 
     folder = writer.path(f"{name}/.metadata").parent
     with _quiet_single_process():
-        dcp.save(tensors, checkpoint_id=str(folder), no_dist=not _distributed(accelerator))
+        save(tensors, checkpoint_id=str(folder), no_dist=not _distributed(accelerator))
     _register_dcp_files(accelerator, writer, name)
 
 
 def dcp_load(state: dict[str, Any], folder: Path, distributed: bool) -> None:
     """Read ``folder`` into ``state``'s tensors in place (resharding to their layout)."""
-    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict_loader import load
 
     with _quiet_single_process():
-        dcp.load(state, checkpoint_id=str(folder), no_dist=not distributed)
+        load(state, checkpoint_id=str(folder), no_dist=not distributed)
 
 
 @contextlib.contextmanager
@@ -93,7 +93,7 @@ def _quiet_single_process() -> Iterator[None]:
 
 
 def _saved_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
-    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.filesystem import FileSystemReader
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     metadata = FileSystemReader(str(folder)).read_metadata()

@@ -16,7 +16,7 @@ from plait_fsdp.options import AUTO_WRAP_POLICIES, REDUCE_DTYPES, STATE_DICT_TYP
 def launch_options() -> list[click.Option]:
     """Flags of ``plait launch`` filling the ``fsdp:`` section; each sets its key only when given."""
 
-    def choice(values: tuple[str, ...]) -> click.Choice:
+    def choice(values: tuple[str, ...]) -> click.Choice[str]:
         return click.Choice(values, case_sensitive=False)
 
     return [

@@ -19,7 +19,7 @@ def merge_weights(checkpoint_dir: str | os.PathLike[str], output: str | os.PathL
     """
     import torch
     from safetensors.torch import save_file
-    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.filesystem import FileSystemReader
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     from plait import checkpoint

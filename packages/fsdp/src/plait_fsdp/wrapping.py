@@ -122,7 +122,7 @@ def shard_model(accelerator: Any, model: nn.Module, options: FSDPOptions) -> nn.
 
     old = _parameters_by_name(model)
     if options.activation_checkpointing:
-        from torch.distributed._composable import checkpoint
+        from torch.distributed._composable.checkpoint_activation import checkpoint
 
         for layer in layers:
             checkpoint(layer)  # composable: no wrapper module, so parameter names do not change

@@ -40,7 +40,7 @@ def save(accelerator: Accelerator, engine: Any, writer: CheckpointWriter, index:
             "does not hold gradients accumulated so far; call save_state after a step where "
             "accelerator.sync_gradients is True"
         )
-    import deepspeed  # type: ignore[import-untyped]
+    import deepspeed
 
     folder = writer.directory / _folder(index)
     if accelerator.is_main_process:

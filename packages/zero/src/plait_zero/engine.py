@@ -43,8 +43,8 @@ def import_deepspeed(device_type: str) -> Any:
     if device_type == "cpu":
         # Without it DeepSpeed picks CUDA whenever a GPU is visible, even when the run is on CPU (cpu=True).
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import deepspeed  # type: ignore[import-untyped]
-    from deepspeed.accelerator import get_accelerator  # type: ignore[import-untyped]
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
 
     found = get_accelerator().device_name()
     if found != device_type:
@@ -69,7 +69,9 @@ def ensure_comm(deepspeed: Any, device_type: str) -> None:
 
     if not dist.is_initialized():
         # An in-process store: no port to pick, and nothing that a launcher's variables could redirect.
-        dist.init_process_group("gloo" if device_type == "cpu" else "nccl", store=dist.HashStore(), rank=0,
+        from torch.distributed import HashStore  # type: ignore[attr-defined]  # not in torch's __all__
+
+        dist.init_process_group("gloo" if device_type == "cpu" else "nccl", store=HashStore(), rank=0,
                                 world_size=1)
         _STARTED_GROUP = True
         # DeepSpeed's engine asserts that a launcher set LOCAL_RANK; `python train.py` is a group of one.
@@ -119,7 +121,7 @@ class ZeroPrecision(Precision):
                 outputs = forward(*args, **kwargs)
             return convert_to_fp32(outputs)
 
-        forward_in_mixed_precision.__wrapped__ = forward  # type: ignore[attr-defined]
+        forward_in_mixed_precision.__wrapped__ = forward
         return forward_in_mixed_precision
 
     def _engine(self) -> Any:
@@ -289,7 +291,7 @@ def is_engine(model: Any) -> bool:
 
     if "deepspeed" not in sys.modules:
         return False
-    from deepspeed.runtime.engine import DeepSpeedEngine  # type: ignore[import-untyped]
+    from deepspeed.runtime.engine import DeepSpeedEngine
 
     return isinstance(model, DeepSpeedEngine)
 
@@ -304,7 +306,7 @@ def grad_norm(engine: Any) -> torch.Tensor:
     """The global L2 norm of the reduced gradients of the coming step (over every partition, unscaled)."""
     optimizer = engine.optimizer
     if engine.zero_optimization_stage() == 3:
-        from deepspeed.runtime.utils import combine_grad_norm_groups  # type: ignore[import-untyped]
+        from deepspeed.runtime.utils import combine_grad_norm_groups
 
         norm = combine_grad_norm_groups(optimizer._get_norm_groups())
     else:
@@ -314,7 +316,7 @@ def grad_norm(engine: Any) -> torch.Tensor:
 
 def clip_grad_norm(accelerator: Accelerator, max_norm: float, norm_type: float) -> torch.Tensor:
     """``clip_grad_norm_`` mapped onto the engine: clip at ``max_norm`` in the coming step; return the norm."""
-    engine = accelerator.precision.engine
+    engine = getattr(accelerator.precision, "engine", None)
     if float(norm_type) != 2.0:
         raise ValueError(
             f"clip_grad_norm_(norm_type={norm_type!r}) is not supported by backend 'zero': DeepSpeed clips the "

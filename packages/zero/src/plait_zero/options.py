@@ -63,7 +63,9 @@ class ZeroOptions:
     user_config: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
+        def set_(name: str, value: Any) -> None:  # a frozen dataclass normalises its fields once
+            object.__setattr__(self, name, value)
+
         stage = self.stage
         if isinstance(stage, str) and stage.strip().isdigit():
             stage = int(stage)
@@ -149,7 +151,8 @@ def read_deepspeed_config(source: str | Mapping[str, Any] | None) -> dict[str, A
     if source is None:
         return {}
     if isinstance(source, Mapping):
-        return json.loads(json.dumps(dict(source)))  # a deep, JSON-clean copy
+        copied: dict[str, Any] = json.loads(json.dumps(dict(source)))  # a deep, JSON-clean copy
+        return copied
     path = Path(str(source)).expanduser()
     if not path.is_file():
         raise ConfigError(

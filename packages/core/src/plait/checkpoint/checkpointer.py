@@ -73,7 +73,7 @@ class Checkpointer:
             )
         return Path(project.project_dir) / "checkpoints"
 
-    def save_state(self, output_dir: str | os.PathLike[str] | None = None, safe_serialization: bool = True,
+    def save_state(self, /, output_dir: str | os.PathLike[str] | None = None, safe_serialization: bool = True,
                    overwrite: bool = False, **save_model_func_kwargs: Any) -> str:
         """Save models, optimizers, schedulers, the scaler, RNG states, dataloader positions and
         registered objects into ``output_dir``, which is complete or absent.
@@ -162,7 +162,7 @@ class Checkpointer:
         }
 
     # ------------------------------------------------------------------ load_state
-    def load_state(self, input_dir: str | os.PathLike[str] | None = None, strict: bool = True,
+    def load_state(self, /, input_dir: str | os.PathLike[str] | None = None, strict: bool = True,
                    **load_model_func_kwargs: Any) -> str:
         """Restore everything :meth:`save_state` saved, after verifying the manifest and every checksum.
 

@@ -125,7 +125,7 @@ def verify(directory: str | os.PathLike[str]) -> dict[str, Any]:
             f"{path} is not a complete plait checkpoint: its manifest {MANIFEST} is missing; nothing was loaded"
         )
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
         files = manifest["files"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise CheckpointError(f"checkpoint manifest {manifest_path} is corrupted ({exc}); nothing was loaded") from None

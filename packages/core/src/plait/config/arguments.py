@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def recording_given_arguments(init: Callable[Concatenate[_T, _P], None]) -> Callable[Concatenate[_T, _P], None]:
+    """Decorate ``__init__`` to record which arguments the caller passed, by name, in ``self._given``
+    (before ``__init__`` runs), keeping its signature for introspection: an argument passed wins over
+    the config file even when it equals its default."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def init_recording(self: _T, *args: _P.args, **kwargs: _P.kwargs) -> None:
+        self._given = dict(signature.bind(self, *args, **kwargs).arguments)  # type: ignore[attr-defined]
+        init(self, *args, **kwargs)
+
+    return cast("Callable[Concatenate[_T, _P], None]", init_recording)
 
 
 def _name(value: Any) -> str:

@@ -199,7 +199,7 @@ def backend_section(backend: str, options: object, options_type: type[_T]) -> _T
     :raises ConfigError: naming what was given and what is accepted.
     """
     if isinstance(options, (options_type, Mapping)):
-        return options  # type: ignore[return-value]  # one of the two, as checked
+        return options  # one of the two, as checked
     raise ConfigError(
         f"backend_options for {backend!r} is a {type(options).__qualname__}: expected a dict or "
         f"{options_type.__module__.split('.')[0]}.{options_type.__qualname__}"

@@ -45,7 +45,7 @@ class ShardLayout:
         return self.share(list(objects))
 
 
-class DataLoaderShard(DataLoader):
+class DataLoaderShard(DataLoader[Any]):
     """The dataloader ``prepare`` returns: this process's batches, on the device, with a resumable position.
 
     ``len()`` is the number of batches per epoch for this process. ``epoch`` counts
@@ -55,7 +55,7 @@ class DataLoaderShard(DataLoader):
 
     def __init__(
         self,
-        dataloader: DataLoader,
+        dataloader: DataLoader[Any],
         gradient_state: GradientState,
         place: Callable[[Any], Any] | None,
         layout: ShardLayout | None = None,

@@ -25,7 +25,7 @@ _LOADER_KWARGS = (
 )
 
 
-def loader_kwargs(dataloader: DataLoader) -> dict[str, Any]:
+def loader_kwargs(dataloader: DataLoader[Any]) -> dict[str, Any]:
     """The arguments of ``dataloader`` that a loader rebuilt from it keeps (workers, collation, pinning...)."""
     kwargs = {k: getattr(dataloader, k) for k in _LOADER_KWARGS if hasattr(dataloader, k)}
     if kwargs.get("num_workers", 0) == 0:
@@ -99,7 +99,7 @@ class SkippableBatchSampler(Sampler[list[int]]):
         return itertools.islice(iterator, skip, None) if skip else iterator
 
 
-def with_seeded_sampler(dataloader: DataLoader) -> tuple[Any, int | None]:
+def with_seeded_sampler(dataloader: DataLoader[Any]) -> tuple[Any, int | None]:
     """The loader's batch sampler, with a standard RandomSampler replaced by a seeded one."""
     batch_sampler = dataloader.batch_sampler
     sampler = getattr(batch_sampler, "sampler", None)

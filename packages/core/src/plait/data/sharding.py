@@ -138,7 +138,7 @@ class BatchSamplerShard(Sampler[list[int]]):
             yield batch[start:stop]
 
 
-class IterableDatasetShard(IterableDataset):
+class IterableDatasetShard(IterableDataset[Any]):
     """This process's items of an iterable dataset: its slice of every buffer of ``batch_size * N`` items."""
 
     def __init__(

@@ -111,7 +111,7 @@ class Preparer:
         accelerator.prepared.add(wrapped, "scheduler")
         return wrapped
 
-    def prepare_data_loader(self, data_loader: torch.utils.data.DataLoader, device_placement: bool | None = None) -> Any:
+    def prepare_data_loader(self, data_loader: torch.utils.data.DataLoader[Any], device_placement: bool | None = None) -> Any:
         """Wrap one dataloader: this process's batches, on the device, with a resumable position."""
         accelerator = self.accelerator
         expect(data_loader, "dataloader")

@@ -49,10 +49,10 @@ class AcceleratedScheduler:
             self.scheduler.step(*args, **kwargs)
 
     def get_last_lr(self) -> list[float]:
-        return self.scheduler.get_last_lr()
+        return list(self.scheduler.get_last_lr())
 
     def state_dict(self) -> dict[str, Any]:
-        return self.scheduler.state_dict()
+        return dict(self.scheduler.state_dict())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.scheduler.load_state_dict(state_dict)

@@ -1,0 +1,75 @@
+"""The shape ARCHITECTURE.md promises, checked: small modules, one meaning per module name, backends of one
+shape, no module reading the Accelerator's private state, and the module names kept for HF Accelerate's."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCES = sorted((ROOT / "packages").glob("*/src/*"))
+MODULES = sorted(path for source in SOURCES for path in source.rglob("*.py"))
+#: Backend packages of this repository, and the modules every one of them has.
+BACKENDS = ("plait_ddp", "plait_fsdp", "plait_zero")
+BACKEND_SHAPE = ("__init__.py", "options.py", "cli.py")
+#: Names a backend package may share with another backend, because they mean the same in each.
+SHARED_BY_BACKENDS = {"options.py", "cli.py", "checkpoint.py"}
+
+
+def _relative(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+def test_the_sources_are_found():
+    assert {source.name for source in SOURCES} >= {"plait", *BACKENDS, "plait_trackers", "plait_cli"}
+    assert len(MODULES) > 60
+
+
+def test_no_module_is_over_400_lines_except_the_hook_manual():
+    long = {_relative(p): n for p in MODULES if (n := len(p.read_text().splitlines())) > 400}
+    assert set(long) <= {"packages/core/src/plait/hookspecs.py"}, long
+
+
+def test_the_accelerator_is_at_most_300_lines():
+    assert len((ROOT / "packages/core/src/plait/accelerator.py").read_text().splitlines()) <= 300
+
+
+def test_no_two_modules_share_a_name_with_different_meanings():
+    by_name: dict[str, list[Path]] = defaultdict(list)
+    for path in MODULES:
+        if path.name != "__init__.py":
+            by_name[path.name].append(path)
+    clashes = {}
+    for name, paths in by_name.items():
+        packages = {p.relative_to(ROOT / "packages").parts[2] for p in paths}
+        if len(paths) > 1 and not (name in SHARED_BY_BACKENDS and packages <= set(BACKENDS)):
+            clashes[name] = [_relative(p) for p in paths]
+    assert not clashes
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_backend_has_the_same_shape(backend):
+    [package] = [source for source in SOURCES if source.name == backend]
+    assert {p.name for p in package.glob("*.py")} >= set(BACKEND_SHAPE)
+    table = (package / "__init__.py").read_text()
+    assert "@hookimpl" in table and "def plait_backend_options" in table
+
+
+PRIVATE = re.compile(r"\baccelerator\._[a-z]")
+
+
+def test_no_module_reads_the_accelerator_s_private_state():
+    readers = [
+        f"{_relative(p)}:{i}" for p in MODULES if p.name != "accelerator.py"
+        for i, line in enumerate(p.read_text().splitlines(), 1) if PRIVATE.search(line)
+    ]
+    assert not readers
+
+
+@pytest.mark.parametrize("name", ["utils", "state", "logging", "launchers"])
+def test_hf_accelerate_s_module_names_are_kept_free(name):
+    core = ROOT / "packages/core/src/plait"
+    assert not (core / f"{name}.py").exists() and not (core / name).exists()
