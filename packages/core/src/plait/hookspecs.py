@@ -642,7 +642,9 @@ def plait_env_report(config: Config) -> list[tuple[str, str]] | None:
 def plait_launch(config: Config, command: Sequence[str]) -> int | None:
     """Own the launching of worker processes (``plait launch``) for the selected backend.
 
-    Return ``None`` to let the default (``torch.distributed.run``) launch.
+    The command line registers every installed plugin, so a backend answers only when
+    ``config.backend`` is its own name; return ``None`` to let the default
+    (``torch.distributed.run``) launch.
 
     :param config: the resolved configuration (backend, processes, machines...).
     :param command: the script (or ``-m module``) and its arguments.

@@ -1,7 +1,7 @@
 """The ``fsdp:`` config section, validated once.
 
 Key names are HF Accelerate's ``fsdp_config`` keys without the ``fsdp_`` prefix
-(core's :mod:`plait.accelerate_config` strips it and turns ``sharding_strategy``
+(core's :mod:`plait.config.accelerate_files` strips it and turns ``sharding_strategy``
 into ``reshard_after_forward``), so an Accelerate config file works as it is.
 """
 
