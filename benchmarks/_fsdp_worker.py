@@ -22,7 +22,6 @@ shard). Rank 0 writes every rank's ``{"memory", "step_s", "max_rss_bytes", ...}`
 
 from __future__ import annotations
 
-import json
 import resource
 import sys
 import time
@@ -31,6 +30,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from _torchrun_report import report_and_finish
 
 D, LAYERS, T, B = 1024, 4, 16, 4
 
@@ -110,7 +111,7 @@ def main(contender: str, steps: int, warmup: int, out: str) -> None:
         built = Model()
         parameters_total = sum(p.numel() for p in built.parameters())
         model, optimizer = _raw_fsdp2(built)
-        rank, world = dist.get_rank(), dist.get_world_size()
+        rank = dist.get_rank()
     elif contender in ("plait", "ddp"):
         from plait import Accelerator
 
@@ -120,7 +121,7 @@ def main(contender: str, steps: int, warmup: int, out: str) -> None:
         built = Model()
         parameters_total = sum(p.numel() for p in built.parameters())
         model, optimizer = accelerator.prepare(built, torch.optim.AdamW(built.parameters(), lr=1e-4))
-        rank, world = accelerator.process_index, accelerator.num_processes
+        rank = accelerator.process_index
     else:
         raise ValueError(f"unknown contender {contender!r}")
     del built
@@ -145,15 +146,7 @@ def main(contender: str, steps: int, warmup: int, out: str) -> None:
         optimizer.zero_grad()
     report = {"rank": rank, "parameters_total": parameters_total, "memory": memory, "step_s": times,
               "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-    every: list[Any] = [None] * world
-    dist.all_gather_object(every, report)
-    if rank == 0:
-        with open(out, "w") as f:
-            json.dump(every, f)
-    if accelerator is not None:
-        accelerator.end_training()
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    report_and_finish(report, out, accelerator)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from _torchrun_report import report_and_finish
+
 WIDTH, LAYERS, BATCH = 2048, 12, 8
 
 
@@ -179,15 +181,7 @@ def main(kind: str, options: dict[str, Any], steps: int, warmup: int, out: str) 
     report = {"rank": dist.get_rank(), "numel": numel, "step_s": times, "grads_bytes": grads[0], "grads_on": grads[1],
               **held(module, engine, optimizer if engine is None else None),
               "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "ds_config": config}
-    every: list[Any] = [None] * world
-    dist.all_gather_object(every, report)
-    if dist.get_rank() == 0:
-        with open(out, "w") as f:
-            json.dump(every, f)
-    if accelerator is not None:
-        accelerator.end_training()
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    report_and_finish(report, out, accelerator)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -93,22 +93,19 @@ class Preparer:
 
     def prepare_optimizer(self, optimizer: torch.optim.Optimizer, device_placement: bool | None = None) -> Any:
         """Wrap one optimizer: it steps and zeroes only when gradients are synchronised."""
-        accelerator = self.accelerator
-        expect(optimizer, "optimizer")
-        if optimizer in accelerator.prepared or isinstance(optimizer, AcceleratedOptimizer):
-            return optimizer
-        wrapped = accelerator.hooks.wrap_optimizer(accelerator, optimizer)
-        accelerator.prepared.add(wrapped, "optimizer")
-        return wrapped
+        return self._wrap_once(optimizer, "optimizer", AcceleratedOptimizer, self.accelerator.hooks.wrap_optimizer)
 
     def prepare_scheduler(self, scheduler: Any) -> Any:
         """Wrap one learning-rate scheduler: it steps only when its optimizer really stepped."""
+        return self._wrap_once(scheduler, "scheduler", AcceleratedScheduler, self.accelerator.hooks.wrap_scheduler)
+
+    def _wrap_once(self, obj: Any, kind: str, prepared_type: type, wrap: Callable[[Any, Any], Any]) -> Any:
         accelerator = self.accelerator
-        expect(scheduler, "scheduler")
-        if scheduler in accelerator.prepared or isinstance(scheduler, AcceleratedScheduler):
-            return scheduler
-        wrapped = accelerator.hooks.wrap_scheduler(accelerator, scheduler)
-        accelerator.prepared.add(wrapped, "scheduler")
+        expect(obj, kind)
+        if obj in accelerator.prepared or isinstance(obj, prepared_type):
+            return obj
+        wrapped = wrap(accelerator, obj)
+        accelerator.prepared.add(wrapped, kind)
         return wrapped
 
     def prepare_data_loader(self, data_loader: torch.utils.data.DataLoader[Any], device_placement: bool | None = None) -> Any:
