@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from plait.plugins.catalog import BUILTIN_BACKEND, MULTI_PROCESS_BACKEND
 from plait_cli.cli_state import CliState
 
 HEADER = "# plait config, written by `plait config`; `plait config show` prints it resolved and checked.\n"
@@ -104,11 +105,11 @@ def questionnaire(state: CliState) -> dict[str, Any]:
     gpus = gpu_count()
     unusable = {info.name for info in state.broken} | set(state.disabled)
     backends = [name for name in installed_backends() if name not in unusable]
-    default_backend = "ddp" if "ddp" in backends and gpus > 1 else "single"
+    default_backend = MULTI_PROCESS_BACKEND if MULTI_PROCESS_BACKEND in backends and gpus > 1 else BUILTIN_BACKEND
     values: dict[str, Any] = {}
     values["backend"] = ask("Which backend?", default=default_backend, choices=backends)
     values["cpu"] = gpus > 0 and ask("Run on CPU only, although GPUs are present?", default=False, type=bool)
-    if values["backend"] == "single":
+    if values["backend"] == BUILTIN_BACKEND:
         values["num_processes"] = 1
     else:
         machines = ask("How many machines?", default=1, type=click.IntRange(min=1))
@@ -150,10 +151,10 @@ def default(ctx: click.Context, config_file: str | None, mixed_precision: str, f
     from plait.plugins import installed_backends
 
     gpus = gpu_count()
-    if gpus > 1 and "ddp" in installed_backends():
-        values: dict[str, Any] = {"backend": "ddp", "num_processes": gpus}
+    if gpus > 1 and MULTI_PROCESS_BACKEND in installed_backends():
+        values: dict[str, Any] = {"backend": MULTI_PROCESS_BACKEND, "num_processes": gpus}
     else:
-        values = {"backend": "single", "num_processes": 1, "cpu": gpus == 0}
+        values = {"backend": BUILTIN_BACKEND, "num_processes": 1, "cpu": gpus == 0}
     values["mixed_precision"] = mixed_precision
     _write(_target(ctx, config_file), validate(ctx.obj, values), force, "the default config")
 

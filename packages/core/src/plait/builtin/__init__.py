@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from plait.errors import ConfigError
+from plait.plugins.catalog import BUILTIN_BACKEND
 from plait.plugins.markers import hookimpl
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def plait_backend_options(backend: str, options: Mapping[str, Any] | object) -> 
             f"backend_options={options!r} is a {type(options).__qualname__} object that backend {backend!r} "
             f"does not accept: pass a dict of options, or select the backend that defines it"
         )
-    if backend == "single" and options:
+    if backend == BUILTIN_BACKEND and options:
         raise ConfigError(
             f"backend 'single' takes no options, but its section sets {', '.join(map(repr, options))}: "
             f"remove the 'single:' section"

@@ -7,16 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from plait.errors import ConfigError
+from plait.plugins.catalog import accelerate_types, backend_for_accelerate
 
-_DISTRIBUTED_TYPES = {
-    "NO": "single",
-    "MULTI_CPU": "ddp",
-    "MULTI_GPU": "ddp",
-    "FSDP": "fsdp",
-    "DEEPSPEED": "zero",
-    "XLA": "xla",
-    "TPU": "xla",
-}
 _TOP_LEVEL = {
     "mixed_precision": "mixed_precision",
     "num_processes": "num_processes",
@@ -90,12 +82,13 @@ def from_accelerate(data: dict[str, Any], path: Path | str) -> dict[str, Any]:
     raw_type = data.get("distributed_type", "NO")
     # YAML 1.1 reads an unquoted `distributed_type: NO` as false.
     dtype = "NO" if raw_type is False else str(raw_type)
-    if dtype not in _DISTRIBUTED_TYPES:
+    backend = backend_for_accelerate(dtype)
+    if backend is None:
         raise ConfigError(
             f"config file {path}: distributed_type {dtype!r} has no plait backend; "
-            f"supported: {', '.join(_DISTRIBUTED_TYPES)}"
+            f"supported: {', '.join(accelerate_types())}"
         )
-    out["backend"] = _DISTRIBUTED_TYPES[dtype]
+    out["backend"] = backend
     skipped = []
     for key, value in data.items():
         if key == "distributed_type" or key in _IGNORED:

@@ -28,6 +28,8 @@ class FirstParty:
     name: str
     #: ``pip install plait[<extra>]``; ``None`` for what core itself provides.
     extra: str | None
+    #: HF Accelerate's ``distributed_type`` values (in its config file) that select this backend.
+    accelerate_types: tuple[str, ...] = ()
 
 
 #: The built-in single-process backend: core's default implementation of every hook group.
@@ -36,11 +38,11 @@ BUILTIN_BACKEND = "single"
 MULTI_PROCESS_BACKEND = "ddp"
 
 FIRST_PARTY: tuple[FirstParty, ...] = (
-    FirstParty(BACKENDS_GROUP, BUILTIN_BACKEND, None),
-    FirstParty(BACKENDS_GROUP, "ddp", "ddp"),
-    FirstParty(BACKENDS_GROUP, "fsdp", "fsdp"),
-    FirstParty(BACKENDS_GROUP, "zero", "zero"),
-    FirstParty(BACKENDS_GROUP, "xla", "xla"),
+    FirstParty(BACKENDS_GROUP, BUILTIN_BACKEND, None, ("NO",)),
+    FirstParty(BACKENDS_GROUP, "ddp", "ddp", ("MULTI_CPU", "MULTI_GPU")),
+    FirstParty(BACKENDS_GROUP, "fsdp", "fsdp", ("FSDP",)),
+    FirstParty(BACKENDS_GROUP, "zero", "zero", ("DEEPSPEED",)),
+    FirstParty(BACKENDS_GROUP, "xla", "xla", ("XLA", "TPU")),
     FirstParty(TRACKERS_GROUP, "tensorboard", "tensorboard"),
     FirstParty(TRACKERS_GROUP, "wandb", "wandb"),
     FirstParty(TRACKERS_GROUP, "comet_ml", "comet"),
@@ -50,6 +52,16 @@ FIRST_PARTY: tuple[FirstParty, ...] = (
 def first_party(group: str) -> tuple[str, ...]:
     """Names of the first-party plugins of ``group``, installed or not."""
     return tuple(p.name for p in FIRST_PARTY if p.group == group)
+
+
+def backend_for_accelerate(distributed_type: str) -> str | None:
+    """The backend an HF Accelerate config's ``distributed_type`` selects, or ``None``."""
+    return next((p.name for p in FIRST_PARTY if distributed_type in p.accelerate_types), None)
+
+
+def accelerate_types() -> tuple[str, ...]:
+    """Every HF Accelerate ``distributed_type`` a first-party backend answers to."""
+    return tuple(t for p in FIRST_PARTY for t in p.accelerate_types)
 
 
 def install_hint(group: str, name: str) -> str:
