@@ -1,9 +1,14 @@
 """The shape ARCHITECTURE.md promises, checked: small modules, one meaning per module name, backends of one
-shape, no module reading the Accelerator's private state, and the module names kept for HF Accelerate's."""
+shape, no module reading the Accelerator's private state, the module names kept for HF Accelerate's, and
+an Accelerator import that leaves the machinery of saving and of dataloaders for their first use."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -73,3 +78,33 @@ def test_no_module_reads_the_accelerator_s_private_state():
 def test_hf_accelerate_s_module_names_are_kept_free(name):
     core = ROOT / "packages/core/src/plait"
     assert not (core / f"{name}.py").exists() and not (core / name).exists()
+
+
+def test_the_accelerator_imports_the_saving_and_dataloader_machinery_only_when_used(tmp_path):
+    # ``import plait; plait.Accelerator`` stays cheap (the startup benchmark's figure): the checkpoint
+    # files, the dataloader and the process-group collectives load with their first use, through the same names.
+    code = textwrap.dedent(
+        f"""
+        import json, sys
+        import torch
+        import plait
+        lazy = ["plait.checkpoint.directory", "plait.checkpoint.writer", "plait.checkpoint.exports",
+                "plait.data.loader", "plait.data.sharding", "plait.collectives.torch_distributed"]
+        accelerator = plait.Accelerator(cpu=True)
+        before = [m for m in lazy if m in sys.modules]
+        model = accelerator.prepare(torch.nn.Linear(2, 2))
+        loader = accelerator.prepare(torch.utils.data.DataLoader(list(range(4)), batch_size=2))
+        accelerator.save_state({str(tmp_path / "ckpt")!r})
+        from plait.checkpoint import MANIFEST, CheckpointWriter
+        from plait.data import DataLoaderShard
+        print(json.dumps({{"before": before, "after": [m for m in lazy[:2] + lazy[3:5] if m not in sys.modules],
+                          "loader": isinstance(loader, DataLoaderShard), "manifest": MANIFEST}}))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["before"] == []
+    assert report["after"] == []
+    assert report["loader"] is True
+    assert (tmp_path / "ckpt" / report["manifest"]).is_file()

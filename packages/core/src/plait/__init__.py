@@ -7,9 +7,9 @@ for torch.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from plait.lazy_names import lazy_names
 from plait.plugins.markers import hookimpl, hookspec
 
 __version__ = "0.1.0"
@@ -65,14 +65,4 @@ if TYPE_CHECKING:
     from plait.training.registry import PreparedObjects
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'plait' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_names(globals(), _LAZY)

@@ -15,7 +15,7 @@ import os
 import weakref
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,7 +23,6 @@ from plait.checkpoint.checkpointer import Checkpointer
 from plait.collectives import Collectives
 from plait.config import ARGUMENT, Config, resolve_config
 from plait.config.arguments import config_arguments, recording_given_arguments
-from plait.data import skip_first_batches
 from plait.delegation import attribute, delegate
 from plait.errors import PluginError
 from plait.plugins import catalog, discovery
@@ -35,9 +34,11 @@ from plait.process.launch_variables import detect as detect_launch
 from plait.process.process_state import ProcessState
 from plait.project import ProjectConfiguration
 from plait.random import check_rng_types
-from plait.tracking import GeneralTracker
 from plait.tracking.trackers import Trackers
 from plait.training import Accumulation, GradientState, PreparedRegistry, Preparer
+
+if TYPE_CHECKING:
+    from plait.tracking import GeneralTracker
 
 
 class Accelerator:
@@ -176,6 +177,8 @@ class Accelerator:
 
     def skip_first_batches(self, dataloader: Any, num_batches: int = 0) -> Any:
         """A dataloader whose next pass starts after ``num_batches`` batches (for resuming mid-epoch)."""
+        from plait.data.skipping import skip_first_batches
+
         return skip_first_batches(dataloader, num_batches)
 
     # ------------------------------------------------------------------ the training step

@@ -70,10 +70,13 @@ def plait_device(config: Config, environment: ProcessEnvironment) -> torch.devic
 
 @hookimpl(trylast=True)
 def plait_collectives(config: Config, environment: ProcessEnvironment, device: torch.device) -> Collectives:
-    from plait.collectives import Collectives, TorchCollectives
+    from plait.collectives import Collectives
 
-    kind = Collectives if environment.world_size == 1 else TorchCollectives
-    return kind(environment, device, debug=config.debug)
+    if environment.world_size == 1:
+        return Collectives(environment, device, debug=config.debug)
+    from plait.collectives.torch_distributed import TorchCollectives
+
+    return TorchCollectives(environment, device, debug=config.debug)
 
 
 @hookimpl(trylast=True)

@@ -4,25 +4,41 @@ checksummed as they are written (:mod:`~plait.checkpoint.writer`), state dicts a
 (:mod:`~plait.checkpoint.default_state`), HF-style weight exports (:mod:`~plait.checkpoint.exports`),
 and the Accelerator's checkpointer (:mod:`~plait.checkpoint.checkpointer`).
 
-This package's ``__init__`` imports no torch: the command line reads manifests too.
+This package's ``__init__`` imports nothing: the names below load their module on first use, so that
+an Accelerator that never saves pays nothing for them, and the command line reads manifests without torch.
 """
 
 from __future__ import annotations
 
-from plait.checkpoint.directory import (
-    FORMAT_VERSION,
-    OLD_MARK,
-    TMP_MARK,
-    automatic_checkpoints,
-    commit,
-    make_durable,
-    remove_stale_temporaries,
-    rotate,
-    temporary_path,
-    verify,
-    write_manifest,
-)
-from plait.checkpoint.writer import ALGORITHM, MANIFEST, CheckpointWriter, HashingFile, checksum_file
+from typing import TYPE_CHECKING
+
+from plait.lazy_names import lazy_names
+
+if TYPE_CHECKING:
+    from plait.checkpoint.directory import (
+        FORMAT_VERSION,
+        OLD_MARK,
+        TMP_MARK,
+        automatic_checkpoints,
+        commit,
+        make_durable,
+        remove_stale_temporaries,
+        rotate,
+        temporary_path,
+        verify,
+        write_manifest,
+    )
+    from plait.checkpoint.writer import ALGORITHM, MANIFEST, CheckpointWriter, HashingFile, checksum_file
+
+_MODULE_OF = {
+    **dict.fromkeys(
+        ("FORMAT_VERSION", "OLD_MARK", "TMP_MARK", "automatic_checkpoints", "commit", "make_durable",
+         "remove_stale_temporaries", "rotate", "temporary_path", "verify", "write_manifest"),
+        "plait.checkpoint.directory",
+    ),
+    **dict.fromkeys(("ALGORITHM", "MANIFEST", "CheckpointWriter", "HashingFile", "checksum_file"),
+                    "plait.checkpoint.writer"),
+}
 
 __all__ = [
     "ALGORITHM",
@@ -42,3 +58,6 @@ __all__ = [
     "verify",
     "write_manifest",
 ]
+
+
+__getattr__, __dir__ = lazy_names(globals(), _MODULE_OF)

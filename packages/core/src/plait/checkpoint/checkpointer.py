@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from plait.atomic_files import atomic_write
-from plait.checkpoint import directory as checkpoint_directory
-from plait.checkpoint.exports import save_model_files
-from plait.checkpoint.writer import CheckpointWriter
 from plait.errors import CheckpointError
 from plait.random import get_rng_states, set_rng_states
 
 if TYPE_CHECKING:
     from plait.accelerator import Accelerator
+    from plait.checkpoint.writer import CheckpointWriter
+
+# The checkpoint modules (directory, writer, exports) are imported by the methods that use them, so
+# that an Accelerator which never saves does not import them.
 
 _KINDS = ("models", "optimizers", "schedulers", "dataloaders", "custom_objects")
 
@@ -102,6 +102,9 @@ class Checkpointer:
             raise CheckpointError(
                 f"checkpoint directory {final} already exists: pass overwrite=True to replace it, or save elsewhere"
             )
+        from plait.checkpoint import directory as checkpoint_directory
+        from plait.checkpoint.writer import CheckpointWriter
+
         token = collectives.broadcast_object_list([uuid.uuid4().hex[:12]])[0]
         temporary = checkpoint_directory.temporary_path(final, token)
         if process.is_main_process:
@@ -172,6 +175,8 @@ class Checkpointer:
 
         :return: the directory loaded.
         """
+        from plait.checkpoint import directory as checkpoint_directory
+
         accelerator = self.accelerator
         prepared = accelerator.prepared
         if input_dir is None:
@@ -246,6 +251,8 @@ class Checkpointer:
     def save_model(self, model: torch.nn.Module, save_directory: str | os.PathLike[str],
                    max_shard_size: int | str = "10GB", safe_serialization: bool = True) -> None:
         """Write the unwrapped model's weights as safetensors (sharded above ``max_shard_size``, with an index JSON)."""
+        from plait.checkpoint.exports import save_model_files
+
         state = self.get_state_dict(model)
         if self.accelerator.process.is_main_process:
             save_model_files(state, Path(save_directory), max_shard_size, safe_serialization)
@@ -255,6 +262,8 @@ class Checkpointer:
         """Save ``obj`` once (main process), atomically: ``torch.save``, or safetensors for a dict of tensors."""
         if not self.accelerator.process.is_main_process:
             return
+        from plait.atomic_files import atomic_write
+
         if safe_serialization:
             from safetensors.torch import save_file
 

@@ -9,8 +9,15 @@ backend with collectives of its own returns a subclass.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from plait.collectives.splitting import split_for_process
 from plait.collectives.structured import REDUCTIONS, Collectives
-from plait.collectives.torch_distributed import TorchCollectives
+from plait.lazy_names import lazy_names
+
+if TYPE_CHECKING:
+    from plait.collectives.torch_distributed import TorchCollectives
 
 __all__ = ["REDUCTIONS", "Collectives", "TorchCollectives", "split_for_process"]
+
+__getattr__, __dir__ = lazy_names(globals(), {"TorchCollectives": "plait.collectives.torch_distributed"})

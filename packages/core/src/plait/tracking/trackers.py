@@ -33,6 +33,8 @@ class Trackers:
         self.names: list[str] = self._load(names, objects)
 
     def _load(self, names: list[str], objects: list[GeneralTracker]) -> list[str]:
+        if not names and not objects:
+            return []
         pm, disabled = self.accelerator.plugin_manager, self.accelerator.config.disable_plugins
         every_installed = names == ["all"]
         installed = discovery.installed_trackers()

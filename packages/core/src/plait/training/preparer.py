@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from plait.data.loader import DataLoaderShard
 from plait.training.forward_patch import patch_forward, unpatch_forward
 from plait.training.optimizer import AcceleratedOptimizer
 from plait.training.scheduler import AcceleratedScheduler
@@ -110,6 +109,8 @@ class Preparer:
 
     def prepare_data_loader(self, data_loader: torch.utils.data.DataLoader[Any], device_placement: bool | None = None) -> Any:
         """Wrap one dataloader: this process's batches, on the device, with a resumable position."""
+        from plait.data.loader import DataLoaderShard
+
         accelerator = self.accelerator
         expect(data_loader, "dataloader")
         if data_loader in accelerator.prepared or isinstance(data_loader, DataLoaderShard):
