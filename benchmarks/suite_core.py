@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import _startup_instructions
 from _common import CONTENDERS, Sandbox, Worker, log, median, quartiles, rotated, row
 from suite_step import STEP_TARGETS, step_overhead
 
@@ -43,11 +44,7 @@ def start_all(target: str, args_for: Callable[[str], Sequence[str]]) -> dict[str
 
 
 # ============================================================================ 2. start-up
-STARTUP_IMPORTS = {
-    "raw": "pass",
-    "plait": "import plait; plait.Accelerator",
-    "accelerate": "import accelerate; accelerate.Accelerator",
-}
+STARTUP_IMPORTS = _startup_instructions.IMPORTS
 STARTUP_SNIPPET = (
     "import time; _t0 = time.perf_counter(); import torch; _t1 = time.perf_counter(); {imports}; "
     "_t2 = time.perf_counter(); print('@@bench', _t1 - _t0, _t2 - _t1)"
@@ -88,6 +85,34 @@ def _importtime(env: dict[str, str], runs: int) -> list[dict[str, Any]]:
     return [{"module": n, "self_ms": s / 1000, "cumulative_ms": c / 1000} for n, (s, c) in ranked]
 
 
+def _import_instructions(sandbox: Sandbox, env: dict[str, str]) -> dict[str, int] | None:
+    """Instructions each contender's imports execute after ``import torch`` (callgrind, both at once);
+    ``None`` where valgrind is not installed."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        log("startup instructions: valgrind is not installed, skipped")
+        return None
+    log("startup: instructions of the imports under callgrind (about 2 minutes)")
+    running = []
+    for contender in ("plait", "accelerate"):
+        prefix = sandbox.scratch / f"callgrind-startup-{contender}"
+        command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={prefix}.%p", sys.executable,
+                   str(Path(_startup_instructions.__file__)), contender]
+        process = subprocess.Popen(command, env={**env, "PYTHONHASHSEED": "0"}, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        running.append((contender, prefix, process))
+    counts: dict[str, int] = {}
+    for contender, prefix, process in running:
+        _, err = process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"callgrind run of the {contender} imports failed:\n{err[-3000:]}")
+        dump = next(prefix.parent.glob(prefix.name + ".*.1"))
+        summary = next(line for line in dump.read_text().splitlines() if line.startswith("summary:"))
+        counts[contender] = int(summary.split()[1])
+        for f in prefix.parent.glob(prefix.name + ".*"):
+            f.unlink()
+    return counts
+
+
 def startup(sandbox: Sandbox, quick: bool) -> dict[str, Any]:
     """Fresh ``python -c`` processes, interleaved (torch / plait / accelerate, rotating), median of many.
 
@@ -124,6 +149,7 @@ def startup(sandbox: Sandbox, quick: bool) -> dict[str, Any]:
             no_cache[c].append(_python_c(codes[c], plain_env)[2])
     log("startup: without bytecode cache, and -X importtime")
     imports = _importtime(cached_env, 1 if quick else 3)
+    instructions = None if quick else _import_instructions(sandbox, cached_env)
 
     wall_ms = {c: median(wall[c]) * 1e3 for c in CONTENDERS}
     wall_iqr = {c: [v * 1e3 for v in quartiles(wall[c])] for c in CONTENDERS}
@@ -146,6 +172,7 @@ def startup(sandbox: Sandbox, quick: bool) -> dict[str, Any]:
         "plait_has_pycache_in_source_tree": plait_pycache,
         "plait_heaviest_imports": imports[:15],
         "importtime_total_self_ms": sum(i["self_ms"] for i in imports),
+        "import_instructions": instructions,
     }
     rows = [
         row("startup", "import plait; plait.Accelerator, added to import torch (in-process, median)", "ms",
@@ -161,6 +188,12 @@ def startup(sandbox: Sandbox, quick: bool) -> dict[str, Any]:
             None, "-", "info",
             "no __pycache__ in plait's source tree: it compiles its sources on every start" if not plait_pycache else "plait's source tree has a __pycache__ (used when up to date)"),
     ]
+    if instructions is not None:
+        rows.append(row(
+            "startup", "instructions the imports execute after import torch (callgrind, bytecode cached)", "instr",
+            {"plait": instructions["plait"], "accelerate": instructions["accelerate"]}, None, "-", "info",
+            "the steady figure behind the time rows, which vary with the machine's load",
+        ))
     return {
         "mode": "quick" if quick else "full",
         "settings": {
