@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -52,10 +53,24 @@ class PluginInfo:
         return data
 
 
+#: Every installed entry point, from one scan of the installed distributions, and the
+#: ``sys.path`` that scan read (a changed path, as when a directory is added, scans again).
+_scanned: tuple[tuple[str, ...], Any] | None = None
+
+
+def _installed_entry_points() -> Any:
+    global _scanned
+    path = tuple(sys.path)
+    if _scanned is None or _scanned[0] != path:
+        # One scan for every group: each scan reads the metadata of every installed distribution.
+        _scanned = (path, metadata.entry_points())
+    return _scanned[1]
+
+
 def entry_points(group: str) -> list[metadata.EntryPoint]:
     """The installed entry points of ``group``, first of each name only, sorted by name."""
     seen: dict[str, metadata.EntryPoint] = {}
-    for ep in metadata.entry_points(group=group):
+    for ep in _installed_entry_points().select(group=group):
         seen.setdefault(ep.name, ep)
     return [seen[name] for name in sorted(seen)]
 
