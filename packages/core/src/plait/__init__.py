@@ -65,4 +65,8 @@ if TYPE_CHECKING:
     from plait.training.registry import PreparedObjects
 
 
-__getattr__, __dir__ = lazy_names(globals(), _LAZY)
+__getattr__, _ = lazy_names(globals(), _LAZY)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -38,8 +38,8 @@ def plait_backend_options(backend: str, options: Mapping[str, Any] | object) -> 
         )
     if backend == BUILTIN_BACKEND and options:
         raise ConfigError(
-            f"backend 'single' takes no options, but its section sets {', '.join(map(repr, options))}: "
-            f"remove the 'single:' section"
+            f"backend {BUILTIN_BACKEND!r} takes no options, but its section sets {', '.join(map(repr, options))}: "
+            f"remove the '{BUILTIN_BACKEND}:' section"
         )
     # A third-party backend that does not validate its section gets it as a plain dict.
     return dict(options)
