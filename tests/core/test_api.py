@@ -179,13 +179,26 @@ def test_preparing_a_prepared_object_again_returns_it():
     assert all(a is b for a, b in zip(again, prepared))
 
 
-@pytest.mark.parametrize("bad, type_name", [({"lr": 0.1}, "dict"), ("model.pt", "str"), (3, "int")])
-def test_prepare_rejects_unsupported_objects_naming_types(bad, type_name):
+@pytest.mark.parametrize("other", [None, {"lr": 0.1}, "model.pt", 3, torch.nn.functional.mse_loss])
+def test_prepare_returns_what_it_does_not_prepare_unchanged(other):
+    # HF Accelerate's semantics: prepare(None), a tokenizer, a loss function... come back as they are, in place.
     accelerator = Accelerator()
     model = torch.nn.Linear(2, 2)
 
+    prepared_model, same, prepared_again = accelerator.prepare(model, other, model)
+
+    assert same is other
+    assert prepared_model is prepared_again
+    assert list(accelerator.prepared.models) == [prepared_model]
+    assert accelerator.prepare(None) is None
+
+
+@pytest.mark.parametrize("bad, type_name", [({"lr": 0.1}, "dict"), ("model.pt", "str"), (3, "int")])
+def test_prepare_model_rejects_other_objects_naming_types(bad, type_name):
+    accelerator = Accelerator()
+
     with pytest.raises(TypeError) as error:
-        accelerator.prepare(model, bad)
+        accelerator.prepare_model(bad)
 
     message = str(error.value)
     assert type_name in message
@@ -327,10 +340,12 @@ def test_register_for_checkpointing_rejects_objects_without_state_dict(tmp_path)
         def state_dict(self):
             return {}
 
-    with pytest.raises(TypeError, match="OnlySaves"):
+    with pytest.raises(ValueError, match=r"item 0 \(.*OnlySaves\)"):
         accelerator.register_for_checkpointing(OnlySaves())
-    with pytest.raises(TypeError, match="int"):
+    # HF Accelerate's error: a ValueError naming the item's index; nothing is registered.
+    with pytest.raises(ValueError, match=r"item 1 \(int\)"):
         accelerator.register_for_checkpointing(torch.nn.Linear(1, 1), 3)
+    assert accelerator.checkpointer.custom_objects == []
 
 
 def test_register_for_checkpointing_saves_and_restores_the_object(tmp_path):

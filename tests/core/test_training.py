@@ -178,8 +178,8 @@ def test_fp16_clip_grad_norm_sees_unscaled_gradients() -> None:
 
 
 def test_bad_arguments_name_the_value_and_the_choices() -> None:
-    with pytest.raises(ValueError, match=r"mixed_precision='fp8'.*'no', 'fp16', 'bf16'"):
-        Accelerator(mixed_precision="fp8")
+    with pytest.raises(ValueError, match=r"mixed_precision='fp32'.*'no', 'fp16', 'bf16'"):
+        Accelerator(mixed_precision="fp32")
     with pytest.raises(ValueError, match=r"gradient_accumulation_steps=0.*at least 1"):
         Accelerator(gradient_accumulation_steps=0)
     with pytest.raises(ValueError, match=r"rng_types contains 'dice'"):

@@ -5,7 +5,8 @@ survivors; without a launcher the collective fails (the peer's connection closes
 or PLAIT_PROCESS_GROUP_TIMEOUT passes).
 
 With the argument ``stall`` process 1 stays alive but never joins the collective
-(stuck elsewhere): only the process-group timeout can end process 0's wait.
+(stuck elsewhere): only the process-group timeout can end process 0's wait. With
+``handler`` the timeout is HF Accelerate's ``InitProcessGroupKwargs(timeout=3 s)``.
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ from __future__ import annotations
 import os
 import sys
 import time
+from datetime import timedelta
 
 import torch
 
-from plait import Accelerator
+from plait import Accelerator, InitProcessGroupKwargs
 
-accelerator = Accelerator()
+handlers = [InitProcessGroupKwargs(backend="gloo", timeout=timedelta(seconds=3))] if "handler" in sys.argv else []
+accelerator = Accelerator(kwargs_handlers=handlers)
 accelerator.wait_for_everyone()
 if accelerator.process_index == 1:
-    if sys.argv[1:] == ["stall"]:
+    if "stall" in sys.argv:
         time.sleep(120)  # the test kills it once process 0 has failed
     time.sleep(0.5)  # let process 0 enter the collective first
     os._exit(1)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,111 +22,98 @@ from typing import Any
 import click
 import pluggy
 
+from plait_cli.launch_flags import (
+    PARADIGMS,
+    LaunchCommand,
+    backend_selector,
+    core_params,
+    fail,
+    paradigm_backend,
+    spell_both_ways,
+)
+
 #: Flags that set top-level config keys, by parameter name.
 CONFIG_FLAGS = (
     "num_processes", "num_machines", "machine_rank", "main_process_ip", "main_process_port",
-    "mixed_precision", "backend", "gradient_accumulation_steps", "cpu",
+    "mixed_precision", "backend", "gradient_accumulation_steps", "cpu", "debug", "dynamo_backend",
 )
 _SECTION_PREFIX = "section__"
 
 
-class Flag(click.Option):
-    """An option that also accepts HF Accelerate's underscore spelling (``--num_processes``), unlisted in help."""
-
-    def __init__(self, decls: Sequence[str], **kwargs: Any) -> None:
-        extra = [d.replace("-", "_").replace("__", "--", 1) for d in decls if d.startswith("--") and "-" in d[2:]]
-        super().__init__([*decls, *extra], **kwargs)
-        self._shown = [d for d in self.opts if d not in extra]
-
-    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
-        opts, self.opts = self.opts, self._shown
-        try:
-            return super().get_help_record(ctx)
-        finally:
-            self.opts = opts
-
-
-def _core_params() -> list[click.Parameter]:
-    return [
-        Flag(["--num-processes"], type=int, default=None,
-             help="Processes in all, across machines (default: the config's, else one per GPU, else 1)."),
-        Flag(["--num-machines"], type=int, default=None, help="Machines in the job (default 1)."),
-        Flag(["--machine-rank"], type=int, default=None, help="This machine's rank, 0 to num_machines-1."),
-        Flag(["--main-process-ip"], default=None, help="Address of machine 0 (multi-machine jobs)."),
-        Flag(["--main-process-port"], type=int, default=None, help="Port on machine 0 (default 29500)."),
-        Flag(["--rdzv-backend"], type=click.Choice(["static", "c10d"]), default="static", show_default=True,
-             help="Rendezvous: static (fixed machine ranks) or c10d (elastic)."),
-        Flag(["--max-restarts"], type=click.IntRange(min=0), default=0, show_default=True,
-             help="Restart the workers this many times after a failure."),
-        Flag(["--monitor-interval"], type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
-             help="Seconds between checks of the workers' state."),
-        Flag(["--mixed-precision"], type=click.Choice(["no", "fp16", "bf16"]), default=None),
-        Flag(["--backend"], default=None, help="The backend to run (single, ddp, or an installed plugin's)."),
-        Flag(["--gradient-accumulation-steps"], type=int, default=None),
-        Flag(["--config-file"], type=click.Path(dir_okay=False), default=None,
-             help="Config file (default: $XDG_CONFIG_HOME/plait/default_config.yaml, if present)."),
-        Flag(["--cpu"], is_flag=True, default=None, help="Run on CPU even if GPUs are present."),
-        Flag(["--gpu-ids"], default=None, help="Comma-separated GPU ids this machine uses (CUDA_VISIBLE_DEVICES)."),
-        Flag(["--log-dir"], type=click.Path(file_okay=False), default=None,
-             help="Write each worker's stdout/stderr under this directory."),
-        Flag(["--tee"], default=None, help="Also copy worker output to the console: 0 none, 1 stdout, 2 stderr, 3 both "
-             "(needs --log-dir), or per rank as 0:3,1:1."),
-        click.Option(["-m", "--module"], is_flag=True, help="SCRIPT is a module name, run as `python -m SCRIPT`."),
-        click.Argument(["script"]),
-        click.Argument(["script_args"], nargs=-1, type=click.UNPROCESSED),
-    ]
-
-
 def build_launch_command(pm: pluggy.PluginManager) -> click.Command:
     """The ``launch`` command, with core's flags and those of every installed plugin."""
-    params = _core_params()
-    taken = {opt for param in params for opt in getattr(param, "opts", [])}
-    sections: dict[str, tuple[str, str]] = {}
+    params = core_params()
+    hidden = spell_both_ways(params)
+    taken = {opt for param in params if isinstance(param, click.Option) for opt in (*param.opts, *param.secondary_opts)}
+    sections: dict[str, tuple[str, str, click.Option]] = {}
     from plait.plugins.hooks import Hooks
 
     for section, option in Hooks(pm).launch_options():
-        if taken & set(option.opts):
+        if taken & {*option.opts, *option.secondary_opts}:
             print(f"plait: ignoring launch flag {'/'.join(option.opts)} of section {section!r}: already defined",
                   file=sys.stderr)
             continue
-        taken.update(option.opts)
+        taken.update((*option.opts, *option.secondary_opts))
         key = option.name or ""
-        option.name = f"{_SECTION_PREFIX}{section}__{key}"
-        sections[option.name] = (section, key)
+        # A name of its own: several flags may set one key (a switch and HF Accelerate's `--flag true`).
+        option.name = f"{_SECTION_PREFIX}{len(sections)}"
+        sections[option.name] = (section, key, option)
         params.insert(len(params) - 3, option)
+    hidden |= spell_both_ways(params)
 
     def callback(**values: Any) -> None:
         section_values: dict[str, dict[str, Any]] = {}
-        for name, (section, key) in sections.items():
+        section_flags: dict[str, dict[str, str]] = {}
+        for name, (section, key, option) in sections.items():
             value = values.pop(name)
-            if value is not None:
-                section_values.setdefault(section, {})[key] = value
+            if value is None:
+                continue
+            flag = option.secondary_opts[0] if value is False and option.secondary_opts else option.opts[0]
+            earlier = section_flags.setdefault(section, {}).get(key)
+            if earlier is not None and section_values[section][key] != value:
+                raise fail(f"{earlier} and {flag} both set {section} option {key}, to {section_values[section][key]!r} "
+                           f"and {value!r}: give one of them")
+            section_values.setdefault(section, {})[key] = value
+            section_flags[section][key] = flag
         request = LaunchRequest(
             flags={key: values[key] for key in CONFIG_FLAGS if values[key] is not None},
             sections=section_values,
+            section_flags={section: tuple(flags.values()) for section, flags in section_flags.items()},
+            paradigms=tuple(name for name in PARADIGMS if values[name]),
             script=values["script"],
             script_args=tuple(values["script_args"]),
             module=values["module"],
+            no_python=values["no_python"],
             config_file=values["config_file"],
             rdzv_backend=values["rdzv_backend"],
+            rdzv_conf=values["rdzv_conf"],
+            role=values["role"],
             max_restarts=values["max_restarts"],
             monitor_interval=values["monitor_interval"],
             gpu_ids=values["gpu_ids"],
+            cpu_threads=values["num_cpu_threads_per_process"],
             log_dir=values["log_dir"],
             tee=values["tee"],
+            quiet=values["quiet"],
         )
         state = click.get_current_context().obj
         plan = make_plan(request, state.pm, os.environ)
         sys.exit(execute(plan, state.pm))
 
-    return click.Command(
+    return LaunchCommand(
         "launch",
         params=params,
         callback=callback,
+        hidden_opts=hidden,
         help=(
             "Run SCRIPT [ARGS] on every process of the job (`-m module` for a module). Flags override the config "
             "file; the resolved config reaches the workers as PLAIT_* variables. Uses torch.distributed.run "
             "(torchrun's elastic agent); under SLURM run it once per node: `srun --ntasks-per-node=1 plait launch ...`."
+        ),
+        epilog=(
+            "HF Accelerate's `accelerate launch` flags work too, as Accelerate spells them: --num_processes, "
+            "--multi_gpu, --use_fsdp, --use_deepspeed, --zero_stage, --fsdp_sharding_strategy... Those plait "
+            "cannot honour (--tpu, --use_megatron_lm, --fp8_backend...) are refused with what to use instead."
         ),
         short_help="Run a training script on every process of the job.",
         context_settings={"allow_interspersed_args": False},
@@ -140,14 +128,24 @@ class LaunchRequest:
     script_args: tuple[str, ...] = ()
     flags: dict[str, Any] = field(default_factory=dict)
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The flags that set each section's values, to name them in messages.
+    section_flags: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: HF Accelerate's paradigm flags given (``multi_gpu``, ``use_fsdp``, ``use_deepspeed``).
+    paradigms: tuple[str, ...] = ()
     module: bool = False
+    no_python: bool = False
     config_file: str | None = None
     rdzv_backend: str = "static"
+    rdzv_conf: str | None = None
+    role: str | None = None
     max_restarts: int = 0
     monitor_interval: float = 0.1
     gpu_ids: str | None = None
+    #: Each worker's OMP_NUM_THREADS.
+    cpu_threads: int | None = None
     log_dir: str | None = None
     tee: str | None = None
+    quiet: bool = False
 
 
 @dataclass
@@ -159,16 +157,16 @@ class LaunchPlan:
     torchrun_args: list[str]
     env: dict[str, str]
     nproc_per_node: int
+    quiet: bool = False
 
 
-def _fail(message: str) -> click.UsageError:
-    return click.UsageError(message + "; nothing was started")
+_fail = fail
 
 
 def make_plan(request: LaunchRequest, pm: pluggy.PluginManager, environ: Mapping[str, str]) -> LaunchPlan:
     """Resolve and check everything; raise ``click.UsageError`` (naming the value, what was expected and
     what to do) before any process starts."""
-    from plait.config import DEFAULT, resolve_config
+    from plait.config import DEFAULT, coerce, resolve_config
     from plait.errors import PlaitError
     from plait.plugins import BACKENDS_GROUP, choose_backend, installed_backends, selection_error
     from plait.plugins.catalog import BUILTIN_BACKEND, MULTI_PROCESS_BACKEND
@@ -179,12 +177,20 @@ def make_plan(request: LaunchRequest, pm: pluggy.PluginManager, environ: Mapping
         value = request.flags.get(key)
         if value is not None and value < 1:
             raise _fail(f"--{key.replace('_', '-')} {value} is not valid: expected a whole number of at least 1")
+    try:  # each value named by its flag (`--mixed-precision fp8: ...`), before the config names them by key
+        for key, value in request.flags.items():
+            coerce(key, value, _flag(key, value))
+    except PlaitError as exc:
+        raise _fail(str(exc)) from None
+    chosen, selector = paradigm_backend(request.paradigms, request.flags.get("backend"))
     environ = dict(environ)
     if request.config_file is not None:
         if not Path(request.config_file).is_file():
             raise _fail(f"--config-file {request.config_file!r} does not exist: pass a YAML file (`plait config` writes one)")
         environ["PLAIT_CONFIG_FILE"] = request.config_file
     arguments: dict[str, Any] = dict(request.flags)
+    if chosen is not None:
+        arguments["backend"] = chosen
     if request.sections:
         arguments["sections"] = request.sections
     try:
@@ -196,8 +202,16 @@ def make_plan(request: LaunchRequest, pm: pluggy.PluginManager, environ: Mapping
             arguments.setdefault(key, value)
     if request.gpu_ids and request.gpu_ids != "all" and "num_processes" not in arguments:
         arguments["num_processes"] = len(request.gpu_ids.split(",")) * int(arguments.get("num_machines", 1))
+    if "multi_gpu" in request.paradigms and arguments.get("num_processes", 2) < 2:
+        given = _flag("num_processes", 1) if "num_processes" in request.flags else f"--gpu-ids {request.gpu_ids}"
+        raise _fail(f"--multi_gpu needs at least 2 processes, but {given} asks for 1: pass --num_processes 2 or more "
+                    f"(or two --gpu_ids), or drop --multi_gpu to run one process")
+
+    def describe(key: str, value: Any) -> str:
+        return selector if key == "backend" and selector else _flag(key, value)
+
     try:
-        config = resolve_config(arguments, environ, installed_backends(), describe_argument=_flag)
+        config = resolve_config(arguments, environ, installed_backends(), describe_argument=describe)
     except PlaitError as exc:
         raise _fail(str(exc)) from None
 
@@ -219,6 +233,7 @@ def make_plan(request: LaunchRequest, pm: pluggy.PluginManager, environ: Mapping
     if problem is not None:
         why = "" if backend == config.backend else f" ({processes_source} runs the {MULTI_PROCESS_BACKEND} backend by default)"
         raise _fail(f"{problem}{why}")
+    _check_sections(request, backend, config.source_of("backend") if config.backend else f"the default for {processes_source}")
     try:  # the backend checks its own section now rather than in every worker
         Hooks(pm).backend_options(backend, dict(config.section(backend)))
     except PlaitError as exc:
@@ -233,8 +248,23 @@ def make_plan(request: LaunchRequest, pm: pluggy.PluginManager, environ: Mapping
     env = config.to_environ()
     if request.gpu_ids and request.gpu_ids != "all":
         env["CUDA_VISIBLE_DEVICES"] = request.gpu_ids
+    if request.cpu_threads is not None:
+        env["OMP_NUM_THREADS"] = str(request.cpu_threads)
     nproc = num_processes // config.num_machines
-    return LaunchPlan(config, command, _torchrun_args(request, config, nproc), env, nproc)
+    return LaunchPlan(config, command, _torchrun_args(request, config, nproc), env, nproc, request.quiet)
+
+
+def _check_sections(request: LaunchRequest, backend: str, why: str) -> None:
+    """Flags of another backend's section than the one that runs are a mistake: refuse them."""
+    for section in request.sections:
+        if section == backend:
+            continue
+        flags = request.section_flags.get(section) or (f"the {section} options",)
+        raise _fail(
+            f"{', '.join(flags)} set{'s' if len(flags) == 1 else ''} options of the {section} backend, but backend "
+            f"{backend} runs ({why}): select {section} with {backend_selector(section)}, or drop "
+            f"{'it' if len(flags) == 1 else 'them'}"
+        )
 
 
 def _flag(key: str, value: Any) -> str:
@@ -258,6 +288,12 @@ def _replace(config: Any, **changes: Any) -> Any:
 
 
 def _command(request: LaunchRequest) -> list[str]:
+    if request.no_python:
+        if request.module:
+            raise _fail("--module and --no_python cannot go together: a module runs with python -m; drop one of them")
+        if not Path(request.script).is_file() and shutil.which(request.script) is None:
+            raise _fail(f"program {request.script!r} (--no_python) is neither a file nor on PATH")
+        return [request.script, *request.script_args]
     if request.module:
         try:
             found = importlib.util.find_spec(request.script) is not None
@@ -292,6 +328,10 @@ def _torchrun_args(request: LaunchRequest, config: Any, nproc: int) -> list[str]
         args += ["--rdzv-backend", "static", "--master-addr", config.main_process_ip or "127.0.0.1",
                  "--master-port", str(port if port is not None else 29500)]
     # One machine and no port: torchrun's c10d rendezvous on a free local port.
+    if request.rdzv_conf:
+        args += ["--rdzv-conf", request.rdzv_conf]
+    if request.role:
+        args += ["--role", request.role]
     if request.log_dir is not None:
         args += ["--log-dir", request.log_dir]
     if request.tee is not None:
@@ -299,6 +339,8 @@ def _torchrun_args(request: LaunchRequest, config: Any, nproc: int) -> list[str]
         args += ["--tee", request.tee]
     if request.module:
         args.append("--module")
+    if request.no_python:
+        args.append("--no-python")
     return [*args, request.script, *request.script_args]
 
 
@@ -329,8 +371,8 @@ def execute(plan: LaunchPlan, pm: pluggy.PluginManager) -> int:
         run(arguments)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
-        print(f"plait launch: worker rank {rank} failed with exit code {failure.exitcode}\n{exc.format_msg()}",
-              file=sys.stderr)
+        detail = "" if plan.quiet else f"\n{exc.format_msg()}"
+        print(f"plait launch: worker rank {rank} failed with exit code {failure.exitcode}{detail}", file=sys.stderr)
         code = failure.exitcode
         return 128 - code if code < 0 else (code or 1)
     except SignalException as exc:

@@ -26,6 +26,7 @@ def build_cli(state: CliState | None = None) -> click.Group:
     from plait_cli.config_command import config
     from plait_cli.env_command import env
     from plait_cli.launch import build_launch_command
+    from plait_cli.merge_command import merge_weights
     from plait_cli.plugins_command import plugins
     from plait_cli.selftest import test
 
@@ -41,9 +42,10 @@ def build_cli(state: CliState | None = None) -> click.Group:
         Write a config:      plait config   (or: plait config default)
         Check the install:   plait test
         Report a bug:        plait env
+        Merge FSDP shards:   plait merge-weights CHECKPOINT_DIR OUTPUT_PATH
         """
 
-    for command in (build_launch_command(state.pm), config, env, plugins, test):
+    for command in (build_launch_command(state.pm), config, env, plugins, test, merge_weights):
         cli.add_command(command)
     state.hooks.cli_commands(cli)
     return cli

@@ -24,7 +24,6 @@ from plait.collectives import Collectives
 from plait.config import ARGUMENT, Config, resolve_config
 from plait.config.arguments import config_arguments, recording_given_arguments
 from plait.delegation import attribute, delegate
-from plait.errors import PluginError
 from plait.plugins import catalog, discovery
 from plait.plugins import manager as plugin_manager
 from plait.plugins.hooks import Hooks
@@ -39,19 +38,26 @@ from plait.training import Accumulation, GradientState, PreparedRegistry, Prepar
 
 if TYPE_CHECKING:
     from plait.tracking import GeneralTracker
+    from plait.utils.dataclasses import (
+        DataLoaderConfiguration,
+        DeepSpeedPlugin,
+        FullyShardedDataParallelPlugin,
+        GradientAccumulationPlugin,
+        KwargsHandler,
+        ProfileKwargs,
+        TorchDynamoPlugin,
+    )
 
 
 class Accelerator:
     """Runs one training loop unchanged on any hardware the installed plugins support.
 
-    Arguments and their defaults are HF Accelerate's. Each one passed here overrides
-    the ``PLAIT_*`` environment variables and the config file.
+    Arguments and their defaults are HF Accelerate's; each one passed overrides ``PLAIT_*`` and the config file.
 
     :param backend: the backend to run (``"single"``, ``"ddp"``, ``"fsdp"``, ...).
-    :param backend_options: the backend's options: a dict for its config section, or
-        the backend plugin's own options object.
-    :param plugins: plugin objects to register on this accelerator only (after the
-        backend, so their implementations win).
+    :param backend_options: the backend's options: a dict for its config section, or the backend
+        plugin's own options object.
+    :param plugins: plugin objects to register on this accelerator only (after the backend, so they win).
     :param strict_trackers: raise when a tracker fails instead of warning once.
     """
 
@@ -65,21 +71,36 @@ class Accelerator:
         mixed_precision: str | None = None,
         gradient_accumulation_steps: int = 1,
         cpu: bool = False,
+        dataloader_config: DataLoaderConfiguration | None = None,
+        deepspeed_plugin: DeepSpeedPlugin | dict[str, DeepSpeedPlugin] | None = None,
+        fsdp_plugin: FullyShardedDataParallelPlugin | None = None,
+        torch_tp_plugin: Any = None,
+        megatron_lm_plugin: Any = None,
+        rng_types: Sequence[str] | None = None,
         log_with: str | GeneralTracker | Sequence[str | GeneralTracker] | None = None,
         project_dir: str | os.PathLike[str] | None = None,
         project_config: ProjectConfiguration | None = None,
-        rng_types: Sequence[str] | None = None,
+        gradient_accumulation_plugin: GradientAccumulationPlugin | None = None,
         step_scheduler_with_optimizer: bool = True,
+        kwargs_handlers: Sequence[KwargsHandler] | None = None,
+        dynamo_backend: str | None = None,
+        dynamo_plugin: TorchDynamoPlugin | None = None,
+        deepspeed_plugins: DeepSpeedPlugin | dict[str, DeepSpeedPlugin] | None = None,
+        parallelism_config: Any = None,
         even_batches: bool = True,
         backend: str | None = None,
         backend_options: Mapping[str, Any] | object | None = None,
         plugins: Sequence[object] = (),
         strict_trackers: bool = False,
     ) -> None:
+        from plait.config.objects import read_objects
         from plait.tracking.trackers import split_trackers
 
-        tracker_names, _ = split_trackers(log_with)
-        arguments = config_arguments(self._given, tracker_names)
+        objects = read_objects(self._given)
+        h = objects.handlers  # HF Accelerate's attributes for the kwargs_handlers passed (None when not passed)
+        self.ddp_handler, self.scaler_handler, self.init_handler = h["ddp_handler"], h["scaler_handler"], h["init_handler"]
+        self.autocast_handler, self.profile_handler = h["autocast_handler"], h["profile_handler"]
+        arguments = objects.with_arguments(config_arguments(self._given, split_trackers(log_with)[0]))
         self.config: Config = resolve_config(arguments, extra_backends=discovery.installed_backends())
         self.rng_types = check_rng_types(rng_types)
         self.project_configuration = project_config if project_config is not None else ProjectConfiguration()
@@ -89,34 +110,21 @@ class Accelerator:
         launched = detect_launch(os.environ).world_size
         # The processes the launcher started count as much as an argument: a `single` from the file gives way.
         self.backend: str = catalog.choose_backend(self.config, launched, "the launcher", ARGUMENT)
+        objects.check_backend(self.backend)
         pm = self.plugin_manager = plugin_manager.new_manager()
         self.hooks = Hooks(pm)
-        self.broken_plugins = plugin_manager.load_extensions(pm, self.config)
-        if self.backend != catalog.BUILTIN_BACKEND:
-            try:
-                plugin_manager.load_selected(pm, discovery.BACKENDS_GROUP, self.backend, self.config.disable_plugins)
-            except PluginError as exc:
-                if self.config.backend is not None:
-                    raise
-                raise PluginError(
-                    f"this run has {launched} processes and no backend is named, so it needs the "
-                    f"{self.backend!r} backend: {exc}"
-                ) from None
-        for plugin in plugins:
-            plugin_manager.register(pm, plugin)
+        self.broken_plugins = plugin_manager.load_run_plugins(pm, self.config, self.backend, launched, plugins)
+        self.plugins = tuple(plugins)
 
-        section: Any = dict(self.config.section(self.backend))
-        if isinstance(backend_options, Mapping):
-            section.update(backend_options)
-        elif backend_options is not None:
-            section = backend_options
         hooks = self.hooks
-        self.backend_options: Any = hooks.backend_options(self.backend, section)
+        self.backend_options: Any = hooks.backend_options(self.backend, self.config.options(self.backend, backend_options))
         environment = hooks.process_environment(self.config)
         device = hooks.device(self.config, environment)
         self.collectives: Collectives = hooks.collectives(self.config, environment, device)
         self.process = ProcessState(environment, device, self.collectives)
-        self.gradient_state = GradientState(self.config.gradient_accumulation_steps)
+        self.gradient_state = GradientState(self.config.gradient_accumulation_steps, objects.accumulation)
+        self.dataloader_config, self.dynamo_plugin = objects.settled(self.config)
+        self.fsdp_plugin, self.deepspeed_plugins = objects.fsdp_plugin, objects.deepspeed_plugins
         self.precision: Precision = hooks.precision(self)
         self.distributed_type = hooks.distributed_type(self)
         self.prepared = PreparedRegistry()
@@ -125,6 +133,9 @@ class Accelerator:
         self.checkpointer = Checkpointer(self)
         self.trackers = Trackers(self, log_with, strict_trackers)
         self._shut_down = False
+        from plait.state import share_accelerator
+
+        self.state = share_accelerator(self)  # HF Accelerate's AcceleratorState, a view of this accelerator
         atexit.register(_shutdown_at_exit, weakref.ref(self))
 
     # ------------------------------------------------------------------ the process part
@@ -170,16 +181,9 @@ class Accelerator:
     free_memory = delegate("preparer", Preparer.free_memory)
     clear = free_memory
 
-    def init_module(self, empty_init: bool | None = None) -> AbstractContextManager[Any]:
-        """A context to build models in, the way the backend wants them built (on the device; partitioned
-        or on the meta device where the backend shards them); ``empty_init=True`` skips initialisation."""
-        return self.hooks.init_module(self, empty_init)
-
-    def skip_first_batches(self, dataloader: Any, num_batches: int = 0) -> Any:
-        """A dataloader whose next pass starts after ``num_batches`` batches (for resuming mid-epoch)."""
-        from plait.data.skipping import skip_first_batches
-
-        return skip_first_batches(dataloader, num_batches)
+    init_module = delegate("preparer", Preparer.init_module)
+    skip_first_batches = delegate("preparer", Preparer.skip_first_batches)
+    join_uneven_inputs = delegate("preparer", Preparer.join_uneven_inputs)
 
     # ------------------------------------------------------------------ the training step
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
@@ -194,8 +198,8 @@ class Accelerator:
             precision.backward(loss, **kwargs)
 
     def accumulate(self, *models: torch.nn.Module) -> AbstractContextManager[None]:
-        """One micro-step of gradient accumulation: gradients synchronise (and the optimizer steps)
-        every ``gradient_accumulation_steps`` micro-steps and on the last batch of the dataloader."""
+        """One micro-step of gradient accumulation: gradients synchronise (and the optimizer steps) every
+        ``gradient_accumulation_steps`` micro-steps and on the dataloader's last batch."""
         return self.accumulation.context(models)
 
     no_sync = delegate("accumulation", Accumulation.no_sync)
@@ -207,11 +211,8 @@ class Accelerator:
 
     def unscale_gradients(self, optimizer: Any = None) -> None:
         """Unscale fp16 gradients of ``optimizer`` (a list, or every prepared optimizer when ``None``)."""
-        if optimizer is None:
-            optimizers = list(self.prepared.optimizers)
-        else:
-            optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
-        for opt in optimizers:
+        optimizers = self.prepared.optimizers if optimizer is None else optimizer
+        for opt in optimizers if isinstance(optimizers, (list, tuple)) else [optimizers]:
             self.precision.unscale_gradients(getattr(opt, "optimizer", opt))
 
     def clip_grad_norm_(self, parameters: Any, max_norm: float, norm_type: float = 2) -> torch.Tensor:
@@ -224,10 +225,10 @@ class Accelerator:
         self.unscale_gradients()
         self.hooks.clip_grad_value(self, list(parameters), clip_value)
 
-    @property
-    def optimizer_step_was_skipped(self) -> bool:
-        """Whether the last optimizer step was skipped (fp16 found inf or nan gradients)."""
-        return any(getattr(opt, "step_was_skipped", False) for opt in self.prepared.optimizers)
+    optimizer_step_was_skipped: attribute[bool] = attribute("prepared", doc="Whether the last optimizer step was skipped.")
+    trigger_sync_in_backward = delegate("accumulation", Accumulation.trigger_sync_in_backward)
+    set_trigger = delegate("process", ProcessState.set_trigger)
+    check_trigger = delegate("process", ProcessState.check_trigger)
 
     # ------------------------------------------------------------------ checkpoints and trackers
     save_state = delegate("checkpointer", Checkpointer.save_state)
@@ -236,9 +237,17 @@ class Accelerator:
     save = delegate("checkpointer", Checkpointer.save)
     get_state_dict = delegate("checkpointer", Checkpointer.get_state_dict)
     register_for_checkpointing = delegate("checkpointer", Checkpointer.register_for_checkpointing)
+    register_save_state_pre_hook = delegate("checkpointer", Checkpointer.register_save_state_pre_hook)
+    register_load_state_pre_hook = delegate("checkpointer", Checkpointer.register_load_state_pre_hook)
     init_trackers = delegate("trackers", Trackers.init_trackers)
     log = delegate("trackers", Trackers.log)
     get_tracker = delegate("trackers", Trackers.get_tracker)
+
+    def profile(self, profile_handler: ProfileKwargs | None = None) -> AbstractContextManager[Any]:
+        """A ``torch.profiler`` context (``ProfileKwargs``: the argument, else the one in ``kwargs_handlers``)."""
+        from plait.profiling import profile
+
+        return profile(self, profile_handler or self.profile_handler)
 
     def end_training(self) -> None:
         """Finish every tracker's run, then tear down the process group."""
@@ -251,29 +260,32 @@ class Accelerator:
     split_batches: attribute[bool] = attribute("config")
     even_batches: attribute[bool] = attribute("config")
     step_scheduler_with_optimizer: attribute[bool] = attribute("config")
+    dispatch_batches: attribute[bool | None] = attribute("dataloader_config")
+    non_blocking: attribute[bool] = attribute("dataloader_config")
+    use_seedable_sampler: attribute[bool] = attribute("dataloader_config")
+    use_stateful_dataloader: attribute[bool] = attribute("dataloader_config")
     project_dir: attribute[str | None] = attribute("project_configuration")
     logging_dir: attribute[str | None] = attribute("project_configuration")
     save_iteration: attribute[int] = attribute("project_configuration", "iteration")
     scaler: attribute[Any] = attribute("precision", doc="The fp16 gradient scaler, or ``None``.")
 
-    @property
-    def gradient_accumulation_steps(self) -> int:
-        return self.gradient_state.num_steps
-
-    @gradient_accumulation_steps.setter
-    def gradient_accumulation_steps(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"gradient_accumulation_steps={value!r} is not valid: expected a whole number of at least 1")
-        self.gradient_state.num_steps = value
-
+    gradient_accumulation_steps: attribute[int] = attribute("gradient_state", "accumulation_steps", writable=True)
     sync_gradients: attribute[bool] = attribute("gradient_state", writable=True)
     step: attribute[int] = attribute("gradient_state", writable=True, doc="Micro-steps since the last synchronisation.")
 
+    @property
+    def deepspeed_plugin(self) -> DeepSpeedPlugin | None:
+        """The active one of ``deepspeed_plugins`` (HF Accelerate's), or ``None``."""
+        from plait.utils.backend_plugins import active_deepspeed_plugin
+
+        return active_deepspeed_plugin(self)
+
+    __getstate__ = plugin_manager.accelerator_state  # an Accelerator can be pickled: its plugins are
+    __setstate__ = plugin_manager.restore_accelerator  # loaded again when it is unpickled
+
     def __repr__(self) -> str:
-        return (
-            f"Accelerator(backend={self.backend!r}, device={self.device}, num_processes={self.num_processes}, "
-            f"mixed_precision={self.mixed_precision!r})"
-        )
+        return (f"Accelerator(backend={self.backend!r}, device={self.device}, num_processes={self.num_processes}, "
+                f"mixed_precision={self.mixed_precision!r})")
 
 
 def _shutdown(accelerator: Accelerator) -> None:

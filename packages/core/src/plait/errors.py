@@ -44,3 +44,17 @@ class MissingLibrary(ModuleNotFoundError):
         super().__init__(message, name=library)
         self.library = library
         self.install = install
+
+
+class NotSupportedError(PlaitError, NotImplementedError):
+    """A name of HF Accelerate's that plait does not implement (Megatron-LM, FP8 recipes, IPEX, NPU/XPU...).
+
+    It can be imported, so that a script's imports work; using it raises this error,
+    whose message says that plait does not support it and what is closest.
+    """
+
+
+def not_supported(name: str, closest_alternative: str) -> NotSupportedError:
+    """The error for using Accelerate's ``name``: plait does not support it; ``closest_alternative`` says
+    what to use instead."""
+    return NotSupportedError(f"{name} is not supported by plait: {closest_alternative}")

@@ -70,9 +70,14 @@ class Precision:
 class TorchAmpPrecision(Precision):
     """``torch.autocast`` in fp16 or bf16; fp16 scales the loss with :class:`torch.amp.GradScaler`."""
 
-    def __init__(self, device: torch.device, dtype: torch.dtype, scaler_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, device: torch.device, dtype: torch.dtype, scaler_kwargs: dict[str, Any] | None = None,
+        autocast_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(device)
         self.dtype = dtype
+        #: ``torch.autocast`` arguments of prepared models' forward (HF Accelerate's ``AutocastKwargs``).
+        self.autocast_kwargs = {"dtype": dtype, **(autocast_kwargs or {})}
         self.device_type = device.type
         self.scaler = torch.amp.GradScaler(device.type, **(scaler_kwargs or {})) if dtype == torch.float16 else None
         self._unscaled: set[int] = set()
@@ -86,7 +91,7 @@ class TorchAmpPrecision(Precision):
 
         @functools.wraps(forward)
         def forward_in_mixed_precision(*args: Any, **kwargs: Any) -> Any:
-            with torch.autocast(precision.device_type, dtype=precision.dtype):
+            with torch.autocast(precision.device_type, **precision.autocast_kwargs):
                 outputs = forward(*args, **kwargs)
             return convert_to_fp32(outputs)
 

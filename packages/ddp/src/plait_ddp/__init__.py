@@ -40,14 +40,13 @@ def plait_wrap_model(accelerator: Accelerator, model: torch.nn.Module, evaluatio
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    from plait_ddp.comm_hooks import comm_hook_function
+    from plait_ddp import comm_hooks
 
     options: DDPOptions = accelerator.backend_options
     device_ids = [accelerator.device.index] if accelerator.device.type == "cuda" else None
     wrapped = DistributedDataParallel(model, device_ids=device_ids, **options.ddp_kwargs())
-    hook = comm_hook_function(options.comm_hook, accelerator.device.type)
-    if hook is not None:
-        wrapped.register_comm_hook(state=None, hook=hook)
+    comm_hooks.register(wrapped, options.comm_hook, options.comm_wrapper, options.comm_state_option,
+                        accelerator.device.type)
     return wrapped
 
 

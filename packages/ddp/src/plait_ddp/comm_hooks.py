@@ -1,9 +1,31 @@
-"""DDP communication hooks: gradients all-reduced compressed to fp16 or bf16 (``comm_hook``)."""
+"""DDP communication hooks: gradients all-reduced compressed to fp16 or bf16, or PowerSGD (``comm_hook``),
+optionally wrapped to compress PowerSGD's traffic (``comm_wrapper``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
+
+
+def register(model: Any, comm_hook: str, comm_wrapper: str, state_option: Mapping[str, Any], device_type: str) -> None:
+    """Register ``comm_hook`` (wrapped by ``comm_wrapper``) on the DistributedDataParallel ``model``."""
+    if comm_hook == "no":
+        return
+    if comm_hook in ("power_sgd", "batched_power_sgd"):
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+
+        hook: Callable[..., Any] = (
+            powerSGD_hook.powerSGD_hook if comm_hook == "power_sgd" else powerSGD_hook.batched_powerSGD_hook
+        )
+        if comm_wrapper == "fp16":
+            hook = default_hooks.fp16_compress_wrapper(hook)
+        elif comm_wrapper == "bf16":
+            hook = default_hooks.bf16_compress_wrapper(hook)
+        model.register_comm_hook(state=powerSGD_hook.PowerSGDState(None, **dict(state_option)), hook=hook)
+        return
+    function = comm_hook_function(comm_hook, device_type)
+    if function is not None:
+        model.register_comm_hook(state=None, hook=function)
 
 
 def comm_hook_function(comm_hook: str, device_type: str = "cuda") -> Callable[..., Any] | None:

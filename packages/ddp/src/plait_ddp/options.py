@@ -10,7 +10,9 @@ from typing import Any
 from plait.config import backend_section
 from plait.errors import ConfigError, closest
 
-COMM_HOOKS = ("no", "fp16", "bf16")
+COMM_HOOKS = ("no", "fp16", "bf16", "power_sgd", "batched_power_sgd")
+#: Hooks that wrap another (HF Accelerate's ``comm_wrapper``): the wrapped hook's result is compressed.
+COMM_WRAPPERS = ("no", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -24,14 +26,34 @@ class DDPOptions:
     broadcast_buffers: bool = True
     #: Compress gradients to fp16 or bf16 for the all-reduce (``"no"`` keeps fp32).
     comm_hook: str = "no"
+    #: Compress what ``comm_hook`` communicates to fp16 or bf16 (HF Accelerate's ``comm_wrapper``).
+    comm_wrapper: str = "no"
+    #: Arguments of PowerSGD's state (``matrix_approximation_rank``, ``start_powerSGD_iter``...).
+    comm_state_option: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: DistributedDataParallel's ``dim`` (the batch dimension) and ``check_reduction``.
+    dim: int = 0
+    check_reduction: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("find_unused_parameters", "gradient_as_bucket_view", "static_graph", "broadcast_buffers"):
+        for name in ("find_unused_parameters", "gradient_as_bucket_view", "static_graph", "broadcast_buffers",
+                     "check_reduction"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"ddp option {name}={getattr(self, name)!r} is not valid: expected true or false")
         cap = self.bucket_cap_mb
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap <= 0):
             raise ConfigError(f"ddp option bucket_cap_mb={cap!r} is not valid: expected a positive number of MB")
+        if self.comm_wrapper not in COMM_WRAPPERS:
+            raise ConfigError(
+                f"ddp option comm_wrapper={self.comm_wrapper!r} is not valid: expected one of "
+                f"{', '.join(map(repr, COMM_WRAPPERS))}{closest(str(self.comm_wrapper), COMM_WRAPPERS)}"
+            )
+        if self.comm_wrapper != "no" and self.comm_hook not in ("power_sgd", "batched_power_sgd"):
+            raise ConfigError(
+                f"ddp option comm_wrapper={self.comm_wrapper!r} wraps a PowerSGD hook, but comm_hook={self.comm_hook!r}: "
+                f"set comm_hook to 'power_sgd' or 'batched_power_sgd', or use comm_hook={self.comm_wrapper!r} alone"
+            )
+        if not isinstance(self.comm_state_option, Mapping):
+            raise ConfigError(f"ddp option comm_state_option={self.comm_state_option!r} is not valid: expected a mapping")
         if self.comm_hook not in COMM_HOOKS:
             raise ConfigError(
                 f"ddp option comm_hook={self.comm_hook!r} is not valid: expected one of "
@@ -58,6 +80,10 @@ class DDPOptions:
             "gradient_as_bucket_view": self.gradient_as_bucket_view,
             "static_graph": self.static_graph,
         }
+        if self.dim != 0:
+            kwargs["dim"] = self.dim
+        if self.check_reduction:
+            kwargs["check_reduction"] = True
         if not self.broadcast_buffers:
             kwargs["broadcast_buffers"] = False
         if self.bucket_cap_mb is not None:

@@ -63,6 +63,13 @@ def plait_backend_options(backend: str, options: Mapping[str, Any] | object) -> 
 
 
 @hookimpl
+def plait_distributed_type(accelerator: Accelerator) -> str:
+    from plait.process import DistributedType
+
+    return DistributedType.FSDP  # HF Accelerate's, whatever the device: scripts test for it
+
+
+@hookimpl
 def plait_place_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module | None:
     if accelerator.num_processes == 1:
         return None
@@ -109,8 +116,10 @@ def plait_precision(accelerator: Accelerator) -> Precision | None:
 
     # Each process sees only its shards of the gradients: an inf in one shard must skip the step
     # everywhere, so the scaler all-reduces what it found (torch's GradScaler would not).
-    precision = TorchAmpPrecision(accelerator.device, torch.float16)
-    precision.scaler = ShardedGradScaler(accelerator.device.type)
+    scaler, autocast = accelerator.scaler_handler, accelerator.autocast_handler
+    precision = TorchAmpPrecision(accelerator.device, torch.float16, None,
+                                  autocast.to_kwargs() if autocast is not None else None)
+    precision.scaler = ShardedGradScaler(accelerator.device.type, **(scaler.to_kwargs() if scaler is not None else {}))
     return precision
 
 

@@ -3,11 +3,16 @@
 ``accelerator.prepare(model, optimizer, scheduler, dataloader)`` hands the model,
 optimizer and scheduler to ``deepspeed.initialize`` together (core's
 ``plait_prepare_jointly``); ``backward`` and the optimizer's ``step`` become
-``engine.backward`` and ``engine.step``. Core still starts the process group,
-shards dataloaders and runs collectives.
+``engine.backward`` and ``engine.step``. Several models (a GAN's two, a student and
+its teacher) each get their own engine, from one ``prepare`` call or several, and
+``backward`` reaches every engine the loss reaches. Core still starts the process
+group, shards dataloaders and runs collectives.
 
-This module is the hook table: the engine and its precision are in
-:mod:`plait_zero.engine`, the DeepSpeed config in :mod:`plait_zero.deepspeed_config`,
+This module is the hook table: the engines and their precision are in
+:mod:`plait_zero.engine`, pairing models with optimizers in :mod:`plait_zero.pairing`,
+backward over several engines in :mod:`plait_zero.routing`, the DeepSpeed config in
+:mod:`plait_zero.deepspeed_config` (HF Accelerate's ``DummyOptim``/``DummyScheduler``, which DeepSpeed builds
+from its ``"optimizer"``/``"scheduler"`` blocks, in :mod:`plait_zero.dummies`),
 checkpoints in :mod:`plait_zero.checkpoint`, the ``zero:`` options in
 :mod:`plait_zero.options` and the command line's flags and questions in
 :mod:`plait_zero.cli`. Only this module and the options are imported to list the
@@ -49,6 +54,7 @@ def zero3_init(accelerator: Accelerator, enabled: bool | None = None) -> Abstrac
     options = accelerator.backend_options
     if not isinstance(options, ZeroOptions):
         return contextlib.nullcontext()
+    options = options.active  # the selected entry of plugins, if any
     if not (options.zero3_init if enabled is None else enabled) or options.effective_stage != 3:
         return contextlib.nullcontext()
     from plait_zero.engine import partitioned_init
@@ -57,9 +63,15 @@ def zero3_init(accelerator: Accelerator, enabled: bool | None = None) -> Abstrac
 
 
 def _engine(accelerator: Accelerator, model: Any) -> Any:
-    """``model`` when it is this accelerator's DeepSpeed engine, else ``None``."""
-    engine = getattr(accelerator.precision, "engine", None)
-    return engine if engine is not None and model is engine else None
+    """``model`` when it is one of this accelerator's DeepSpeed engines, else ``None``."""
+    owns = getattr(accelerator.precision, "owns", None)
+    return model if owns is not None and owns(model) else None
+
+
+def _trains(accelerator: Accelerator, engine: Any = None) -> bool:
+    """Whether this accelerator has an engine with an optimizer (``engine``, when given)."""
+    trained = getattr(accelerator.precision, "trained", None) or []
+    return bool(trained) if engine is None else any(engine is e for e in trained)
 
 
 # --------------------------------------------------------------------------- environment, precision
@@ -96,7 +108,7 @@ def plait_shutdown(accelerator: Accelerator) -> Generator[None, Any, Any]:
 # --------------------------------------------------------------------------- wrapping
 @hookimpl
 def plait_init_module(accelerator: Accelerator, empty_init: bool | None) -> AbstractContextManager[Any] | None:
-    options: ZeroOptions = accelerator.backend_options
+    options: ZeroOptions = accelerator.backend_options.active
     if not options.zero3_init or options.effective_stage != 3:
         return None  # core's default: built on the device
     from plait_zero.engine import partitioned_init
@@ -112,7 +124,7 @@ def plait_prepare_jointly(
     schedulers: Sequence[Any],
     dataloaders: Sequence[Any],
 ) -> PreparedObjects | None:
-    from plait_zero.engine import prepare_jointly
+    from plait_zero.pairing import prepare_jointly
 
     return prepare_jointly(accelerator, models, optimizers, schedulers, dataloaders)
 
@@ -124,9 +136,9 @@ def plait_wrap_model(accelerator: Accelerator, model: torch.nn.Module, evaluatio
     from plait.errors import ConfigError
 
     raise ConfigError(
-        "backend 'zero' wraps a model together with its optimizer (deepspeed.initialize): call "
-        "accelerator.prepare(model, optimizer, ...) instead of prepare_model (or prepare_model(model, "
-        "evaluation_mode=True) for inference only)"
+        "Call accelerator.prepare(model, optimizer, ...) instead of prepare_model (or prepare_model(model, "
+        "evaluation_mode=True) for inference only): backend 'zero' wraps a model together with its optimizer "
+        "(deepspeed.initialize)"
     )
 
 
@@ -135,8 +147,8 @@ def plait_wrap_optimizer(accelerator: Accelerator, optimizer: Any) -> Any | None
     from plait.errors import ConfigError
 
     raise ConfigError(
-        "backend 'zero' wraps an optimizer together with its model (deepspeed.initialize): pass both to one "
-        "accelerator.prepare(model, optimizer, ...) call"
+        "Pass the optimizer with its model to one accelerator.prepare(model, optimizer, ...) call: backend 'zero' "
+        "wraps an optimizer together with its model (deepspeed.initialize)"
     )
 
 
@@ -163,16 +175,16 @@ def plait_sync_control(accelerator: Accelerator) -> GradientSyncControl:
 def plait_clip_grad_norm(
     accelerator: Accelerator, parameters: Iterable[torch.Tensor], max_norm: float, norm_type: float
 ) -> torch.Tensor | None:
-    if getattr(accelerator.precision, "engine", None) is None:
+    if not _trains(accelerator):
         return None
     from plait_zero.engine import clip_grad_norm
 
-    return clip_grad_norm(accelerator, max_norm, norm_type)
+    return clip_grad_norm(accelerator, list(parameters), max_norm, norm_type)
 
 
 @hookimpl
 def plait_clip_grad_value(accelerator: Accelerator, parameters: Iterable[torch.Tensor], clip_value: float) -> bool | None:
-    if getattr(accelerator.precision, "engine", None) is None:
+    if not _trains(accelerator):
         return None
     raise NotImplementedError(
         f"clip_grad_value_({clip_value!r}) is not supported by backend 'zero': DeepSpeed clips the gradient norm "
@@ -198,7 +210,10 @@ def plait_save_model(accelerator: Accelerator, model: torch.nn.Module, writer: C
         return None
     from plait_zero import checkpoint
 
-    checkpoint.save(accelerator, engine, writer, index)
+    if _trains(accelerator, engine):
+        checkpoint.save(accelerator, engine, writer, index)
+    else:  # an inference engine (ZeRO-3, no optimizer): its gathered weights, in core's format
+        checkpoint.save_inference(accelerator, engine, writer, index)
     return True
 
 
@@ -209,13 +224,16 @@ def plait_load_model(accelerator: Accelerator, model: torch.nn.Module, directory
         return None
     from plait_zero import checkpoint
 
-    checkpoint.load(accelerator, engine, directory, index, strict)
+    if _trains(accelerator, engine):
+        checkpoint.load(accelerator, engine, directory, index, strict)
+    else:
+        checkpoint.load_inference(accelerator, engine, directory, index, strict)
     return True
 
 
 def _is_zero_optimizer(accelerator: Accelerator, optimizer: Any) -> bool:
-    engine = getattr(accelerator.precision, "engine", None)
-    return engine is not None and getattr(optimizer, "engine", None) is engine
+    engine = getattr(optimizer, "engine", None)
+    return engine is not None and _engine(accelerator, engine) is not None
 
 
 @hookimpl

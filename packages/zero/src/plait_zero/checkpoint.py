@@ -5,6 +5,10 @@ optimizer states, the main process the module states) under ``zero/`` of the
 checkpoint being written; every file enters core's manifest. ``zero/plait_zero.json``
 records the ZeRO stage and the number of processes, checked before loading.
 
+An inference engine (ZeRO-3, no optimizer: a frozen teacher) has no DeepSpeed checkpoint
+to write: its gathered weights go in core's ``model_<i>.safetensors`` and are loaded back
+into its partitions.
+
 DeepSpeed reads its files with ``torch.load(weights_only=False)``; here they are
 read with ``weights_only=True``, allowing only the few DeepSpeed and Python
 classes its checkpoints hold, so a checkpoint cannot run code when loaded.
@@ -92,6 +96,29 @@ def load(accelerator: Accelerator, engine: Any, directory: str, index: int, stri
         path, _ = engine.load_checkpoint(str(folder), tag=TAG, load_module_strict=strict)
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load the engine checkpoint in {folder}")
+
+
+def save_inference(accelerator: Accelerator, engine: Any, writer: CheckpointWriter, index: int) -> None:
+    """The gathered weights of an inference engine, in core's format (every process gathers, the main one writes)."""
+    from plait.checkpoint import default_state
+
+    default_state.save_model(accelerator, engine, writer, index)
+
+
+def load_inference(accelerator: Accelerator, engine: Any, directory: str, index: int, strict: bool) -> None:
+    """Load :func:`save_inference`'s file into the engine's partitions (process 0's copy, partitioned to all)."""
+    import deepspeed
+
+    from plait.checkpoint import default_state
+    from plait.checkpoint.tensor_files import check_compatible, load_safetensors
+
+    path = Path(directory) / default_state.model_file(index)
+    state = load_safetensors(path)
+    module = engine.module
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=0):
+        check_compatible(module, state, f"checkpoint file {path}", strict)
+        if accelerator.process_index == 0:
+            module.load_state_dict(state, strict=strict)
 
 
 class _safe_loading:

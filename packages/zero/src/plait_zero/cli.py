@@ -14,27 +14,35 @@ from plait_zero.options import OFFLOAD_DEVICES, ZeroOptions
 
 
 def launch_options() -> list[click.Option]:
-    """Flags of ``plait launch`` filling the ``zero:`` section; each sets its key only when given."""
+    """Flags of ``plait launch`` filling the ``zero:`` section; each sets its key only when given.
+
+    HF Accelerate's DeepSpeed flags (``--zero_stage``, ``--offload_optimizer_device``, ``--gradient_clipping``,
+    ``--zero3_init_flag true``...) set the keys core's import of Accelerate's ``deepspeed_config`` maps them to.
+    """
     devices = click.Choice(OFFLOAD_DEVICES, case_sensitive=False)
     return [
         click.Option(["--zero-stage", "stage"], type=click.IntRange(1, 3), default=None,
                      help="ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 also parameters."),
-        click.Option(["--zero-offload-optimizer-device", "offload_optimizer_device"], type=devices, default=None,
-                     help="Where optimizer states live: none, cpu or nvme."),
-        click.Option(["--zero-offload-param-device", "offload_param_device"], type=devices, default=None,
-                     help="Where parameters rest (stage 3): none, cpu or nvme."),
-        click.Option(["--zero-offload-optimizer-nvme-path", "offload_optimizer_nvme_path"], default=None,
-                     help="NVMe directory for offloaded optimizer states."),
-        click.Option(["--zero-offload-param-nvme-path", "offload_param_nvme_path"], default=None,
-                     help="NVMe directory for offloaded parameters."),
-        click.Option(["--zero-gradient-clipping", "gradient_clipping"], type=click.FloatRange(min=0), default=None,
+        click.Option(["--zero-offload-optimizer-device", "--offload_optimizer_device", "offload_optimizer_device"],
+                     type=devices, default=None, help="Where optimizer states live: none, cpu or nvme."),
+        click.Option(["--zero-offload-param-device", "--offload_param_device", "offload_param_device"], type=devices,
+                     default=None, help="Where parameters rest (stage 3): none, cpu or nvme."),
+        click.Option(["--zero-offload-optimizer-nvme-path", "--offload_optimizer_nvme_path",
+                      "offload_optimizer_nvme_path"], default=None, help="NVMe directory for offloaded optimizer states."),
+        click.Option(["--zero-offload-param-nvme-path", "--offload_param_nvme_path", "offload_param_nvme_path"],
+                     default=None, help="NVMe directory for offloaded parameters."),
+        click.Option(["--zero-gradient-clipping", "--gradient_clipping", "gradient_clipping"],
+                     type=click.FloatRange(min=0), default=None,
                      help="Clip the gradient norm at this value (0: no clipping, the default)."),
         click.Option(["--zero3-init/--no-zero3-init", "zero3_init"], default=None,
                      help="Build models partitioned under deepspeed.zero.Init (stage 3)."),
         click.Option(["--zero3-save-16bit-model/--no-zero3-save-16bit-model", "save_16bit_model"], default=None,
                      help="Gather 16-bit weights when saving a stage-3 model."),
-        click.Option(["--zero-config-file", "config_file"], default=None,
+        click.Option(["--zero-config-file", "--deepspeed_config_file", "config_file"], default=None,
                      help="A DeepSpeed JSON config; its \"auto\" values are filled by plait."),
+        # HF Accelerate's spellings of the two switches take a value: `--zero3_init_flag true`.
+        click.Option(["--zero3_init_flag", "zero3_init"], type=click.BOOL, default=None, hidden=True),
+        click.Option(["--zero3_save_16bit_model", "save_16bit_model"], type=click.BOOL, default=None, hidden=True),
     ]
 
 

@@ -12,6 +12,7 @@ import copy
 from typing import Any
 
 from plait.errors import ConfigError
+from plait_zero.dummies import Dummies, check_blocks, fill_blocks
 from plait_zero.options import DEFAULT_STAGE, ZeroOptions
 
 AUTO = "auto"
@@ -60,6 +61,7 @@ def build_config(
     mixed_precision: str,
     has_optimizer: bool,
     has_scheduler: bool,
+    dummies: Dummies | None = None,
 ) -> dict[str, Any]:
     """The complete DeepSpeed config for one engine.
 
@@ -68,19 +70,16 @@ def build_config(
     :param gradient_accumulation_steps: the Accelerator's (1, the default, gives way to the JSON's value).
     :param world_size: the number of processes.
     :param mixed_precision: the Accelerator's ``"no"``, ``"fp16"`` or ``"bf16"``.
+    :param has_optimizer: a torch optimizer was given (then the JSON has no ``"optimizer"`` block).
+    :param has_scheduler: a torch scheduler was given (then the JSON has no ``"scheduler"`` block).
+    :param dummies: what a ``DummyOptim``/``DummyScheduler`` asks DeepSpeed to build from the JSON's blocks, and
+        the values of their ``"auto"`` entries.
     """
     config = copy.deepcopy(options.user_config)
     f = _Filler(options)
-    if has_optimizer and "optimizer" in config:
-        raise ConfigError(
-            f"{f.source} has an \"optimizer\" block, and prepare() was given a torch optimizer too: remove the "
-            f"block (plait hands your optimizer to DeepSpeed) or do not pass an optimizer"
-        )
-    if has_scheduler and "scheduler" in config:
-        raise ConfigError(
-            f"{f.source} has a \"scheduler\" block, and prepare() was given a learning-rate scheduler too: remove "
-            f"the block or do not pass a scheduler"
-        )
+    dummies = dummies or Dummies()
+    check_blocks(config, f.source, has_optimizer, has_scheduler, dummies)
+    fill_blocks(config, f.source, dummies)
 
     micro = f.fill(config, "train_micro_batch_size_per_gpu", "train_micro_batch_size_per_gpu",
                    micro_batch_size if micro_batch_size is not None else 1,
@@ -145,8 +144,10 @@ def build_config(
     left = _auto_paths(config)
     if left:
         raise ConfigError(
-            f"{f.source} has \"auto\" at {', '.join(left)}, which plait cannot fill (it fills batch sizes, "
-            f"gradient_accumulation_steps, fp16/bf16, gradient_clipping and ZeRO stage/offload): give numbers there"
+            f"Give numbers at {', '.join(left)} in {f.source}: plait cannot fill \"auto\" there (it fills batch "
+            f"sizes, gradient_accumulation_steps, fp16/bf16, gradient_clipping, ZeRO stage/offload, and from "
+            f"DummyOptim/DummyScheduler the optimizer's lr and weight_decay and the scheduler's warmup_min_lr, "
+            f"warmup_max_lr, warmup_num_steps and total_num_steps)"
         )
     return config
 

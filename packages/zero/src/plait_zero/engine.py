@@ -1,11 +1,12 @@
-"""DeepSpeed's engine behind HF Accelerate's API: joint wrapping, backward and step, clipping, full state dicts.
+"""DeepSpeed's engines behind HF Accelerate's API: backward and step, clipping, full state dicts.
 
-Imported from hook bodies only (it imports torch and deepspeed). One engine per
-Accelerator: ``deepspeed.initialize`` wraps one model with its optimizer and
-scheduler; the Accelerator's :class:`ZeroPrecision` then routes ``backward`` to
-``engine.backward`` and the prepared optimizer's ``step`` to ``engine.step``.
+Imported from hook bodies only (it imports torch and deepspeed). ``deepspeed.initialize``
+wraps each model with its optimizer and scheduler (:mod:`plait_zero.pairing`); the
+Accelerator's :class:`ZeroPrecision` keeps every engine, routes ``backward`` to the
+engines the loss reaches (:mod:`plait_zero.routing`) and each prepared optimizer's
+``step`` to its own ``engine.step``.
 
-Gradient accumulation is the Accelerator's: before each backward the engine is
+Gradient accumulation is the Accelerator's: before each backward every engine is
 told whether this micro-step is a boundary (``set_gradient_accumulation_boundary``
 with ``sync_gradients``), so it reduces, clips and steps exactly when
 ``sync_gradients`` is True, and divides the loss by the same number of steps.
@@ -23,15 +24,10 @@ import torch
 from plait.errors import ConfigError
 from plait.nested import convert_to_fp32
 from plait.precision import Precision
-from plait.training import (
-    AcceleratedOptimizer,
-    AcceleratedScheduler,
-    GradientSyncControl,
-    PreparedObjects,
-    patch_forward,
-)
+from plait.training import AcceleratedOptimizer, AcceleratedScheduler, GradientSyncControl
 from plait_zero.deepspeed_config import build_config
 from plait_zero.options import ZeroOptions
+from plait_zero.routing import GradientLedger, backward_several
 
 if TYPE_CHECKING:
     from plait.accelerator import Accelerator
@@ -91,7 +87,12 @@ def shutdown() -> None:
 
 
 class ZeroPrecision(Precision):
-    """Backward and step through the engine; DeepSpeed scales fp16 losses and divides by the accumulation steps."""
+    """Backward and step through the engines; DeepSpeed scales fp16 losses and divides by the accumulation steps.
+
+    With one trained engine, ``backward`` is its ``engine.backward``. With several, it is
+    :func:`plait_zero.routing.backward_several`: one autograd pass, after which every engine
+    whose parameters the loss reached has reduced its gradients.
+    """
 
     handles_accumulation = True
 
@@ -99,7 +100,66 @@ class ZeroPrecision(Precision):
         super().__init__(device)
         self.mixed_precision = mixed_precision
         self.gradient_state = gradient_state
-        self.engine: Any = None
+        #: Every engine of this accelerator, in the order built: trained ones and ZeRO-3 inference ones.
+        self.engines: list[Any] = []
+        #: The engines built with an optimizer (those ``backward`` reaches).
+        self.trained: list[Any] = []
+        #: What each trained engine holds since its step (see :class:`plait_zero.routing.GradientLedger`).
+        self.ledger = GradientLedger(self.describe)
+        #: The accelerator's registry of prepared objects (set at the first ``prepare``), to name models.
+        self.prepared: Any = None
+        self._owners: dict[int, Any] | None = None
+        #: ``id(torch optimizer)`` to the user's optimizer and the prepared :class:`ZeroOptimizer`.
+        self._optimizers: dict[int, tuple[Any, Any]] = {}
+
+    @property
+    def engine(self) -> Any:
+        """The first trained engine, or ``None`` before any."""
+        return self.trained[0] if self.trained else None
+
+    def owns(self, model: Any) -> bool:
+        """Whether ``model`` is one of this accelerator's engines."""
+        return any(model is engine for engine in self.engines)
+
+    def add(self, engine: Any, trained: bool) -> None:
+        self.engines.append(engine)
+        if trained:
+            self.trained.append(engine)
+        self._owners = None
+
+    def add_optimizer(self, optimizer: Any, prepared: Any) -> None:
+        self._optimizers[id(optimizer)] = (optimizer, prepared)
+
+    def prepared_optimizer(self, optimizer: Any) -> Any:
+        """The :class:`ZeroOptimizer` prepared for the user's ``optimizer`` (or that one itself), else ``None``."""
+        found = self._optimizers.get(id(optimizer))
+        if found is not None and found[0] is optimizer:
+            return found[1]
+        return optimizer if any(optimizer is p for _, p in self._optimizers.values()) else None
+
+    def forget_unprepared(self, prepared: Any) -> None:
+        """Drop the engines the accelerator no longer holds (after ``free_memory``)."""
+        self.prepared = prepared
+        kept = [engine for engine in self.engines if engine in prepared]
+        if len(kept) != len(self.engines):
+            self.engines = kept
+            self.trained = [engine for engine in self.trained if engine in prepared]
+            self.ledger.forget(self.trained)
+            self._owners = None
+            self._optimizers = {k: v for k, v in self._optimizers.items() if v[1] in prepared}
+
+    def owners(self) -> dict[int, Any]:
+        """``id(parameter)`` to the trained engine that holds it."""
+        if self._owners is None:
+            self._owners = {id(p): engine for engine in self.trained for p in engine.module.parameters()}
+        return self._owners
+
+    def describe(self, engine: Any) -> str:
+        """``model 1 (Discriminator)``: the engine's place among the prepared models and its module's class."""
+        models = list(self.prepared.models) if self.prepared is not None else []
+        index = next((i for i, model in enumerate(models) if model is engine), None)
+        name = type(engine.module).__qualname__
+        return f"model {index} ({name})" if index is not None else f"the {name} model"
 
     def autocast(self, **kwargs: Any) -> contextlib.AbstractContextManager[Any]:
         if self.mixed_precision == "no":
@@ -124,41 +184,57 @@ class ZeroPrecision(Precision):
         forward_in_mixed_precision.__wrapped__ = forward
         return forward_in_mixed_precision
 
-    def _engine(self) -> Any:
-        if self.engine is None:
-            raise RuntimeError(
-                "backend 'zero' has no DeepSpeed engine yet: pass the model and its optimizer to "
-                "accelerator.prepare(...) before calling backward"
-            )
-        return self.engine
-
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
-        engine = self._engine()
-        engine.set_gradient_accumulation_boundary(self.gradient_state.sync_gradients)
-        engine.backward(loss, **kwargs)
+        trained = self.trained
+        if not trained:
+            raise RuntimeError(
+                "Call backward after you pass the model and its optimizer to accelerator.prepare(...): backend "
+                "'zero' has no DeepSpeed engine to train yet"
+            )
+        boundary = self.gradient_state.sync_gradients
+        for engine in trained:
+            engine.set_gradient_accumulation_boundary(boundary)
+        if len(trained) == 1:
+            self.ledger.reached(trained, boundary)
+            trained[0].backward(loss, **kwargs)
+        else:
+            backward_several(self, loss, boundary, kwargs)
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, closure: Callable[[], Any] | None = None) -> bool:
         if closure is not None:
             raise ValueError("backend 'zero' cannot step with a closure: DeepSpeed's engine.step() takes none")
-        engine = self._engine()
+        engine = next((e for e in self.trained if e.optimizer is optimizer), None)
+        if engine is None:
+            raise RuntimeError(
+                "Step the optimizer accelerator.prepare(...) returned: this one belongs to no DeepSpeed engine of "
+                "this accelerator"
+            )
+        self.ledger.before_step(engine)
         engine.step()
+        self.ledger.stepped(engine)
         return bool(engine.was_step_applied())
+
+    def zero_grad(self, engine: Any) -> None:
+        """``optimizer.zero_grad()`` on a synchronising micro-step: discard what ``engine`` holds, where it can."""
+        if self.ledger.zero_grad(engine):
+            engine.optimizer.zero_grad()
 
 
 class EngineSyncControl(GradientSyncControl):
-    """The engine is told at each backward whether it is a boundary (``sync_gradients``): nothing to skip
+    """Each engine is told at each backward whether it is a boundary (``sync_gradients``): nothing to skip
     for it. (``DeepSpeedEngine.no_sync`` exists but refuses ZeRO stages 2 and 3.)"""
 
     def __init__(self, precision: Precision) -> None:
         self.precision = precision
 
     def skips_sync(self, model: torch.nn.Module) -> bool:
-        return model is not getattr(self.precision, "engine", None) and super().skips_sync(model)
+        owns = getattr(self.precision, "owns", None)
+        return not (owns is not None and owns(model)) and super().skips_sync(model)
 
 
 def partitioned_init(accelerator: Accelerator) -> contextlib.AbstractContextManager[Any]:
     """``deepspeed.zero.Init`` with the run's config: each layer is partitioned as soon as it is built."""
-    options: ZeroOptions = accelerator.backend_options
+    options: ZeroOptions = accelerator.backend_options.active
     deepspeed = import_deepspeed(accelerator.device.type)
     ensure_comm(deepspeed, accelerator.device.type)  # zero.Init partitions over the process group
     config = build_config(
@@ -172,7 +248,10 @@ def partitioned_init(accelerator: Accelerator) -> contextlib.AbstractContextMana
 
 
 class ZeroOptimizer(AcceleratedOptimizer):
-    """The prepared optimizer: ``step`` is ``engine.step`` on synchronising micro-steps; the engine zeroes gradients."""
+    """The prepared optimizer: ``step`` is ``engine.step`` on synchronising micro-steps, which zeroes the gradients
+    it consumed; ``zero_grad`` discards the gradients the engine holds before that, where DeepSpeed can."""
+
+    precision: ZeroPrecision
 
     def __init__(self, engine: Any, gradient_state: GradientState, precision: ZeroPrecision, clip: float) -> None:
         super().__init__(engine.optimizer, gradient_state, precision)
@@ -181,8 +260,10 @@ class ZeroOptimizer(AcceleratedOptimizer):
         self.base_clip = clip
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        # engine.step() zeroes the gradients it consumed; between boundaries they must accumulate.
-        pass
+        # engine.step() zeroes the gradients it consumed; between boundaries they must accumulate. Before a
+        # backward (torch's order) the engine discards what it holds where DeepSpeed can (routing.GradientLedger).
+        if self.gradient_state.sync_gradients:
+            self.precision.zero_grad(self.engine)
 
     def step(self, closure: Callable[[], Any] | None = None) -> None:  # type: ignore[override]
         if self.gradient_state.sync_gradients:
@@ -200,89 +281,6 @@ class EngineScheduler(AcceleratedScheduler):
 
     def step(self, *args: Any, **kwargs: Any) -> None:
         pass
-
-
-def _micro_batch_size(dataloaders: Sequence[Any]) -> int | None:
-    for loader in dataloaders:
-        size = getattr(loader, "per_process_batch_size", None) or getattr(loader, "batch_size", None)
-        if size:
-            return int(size)
-    return None
-
-
-def prepare_jointly(
-    accelerator: Accelerator,
-    models: Sequence[torch.nn.Module],
-    optimizers: Sequence[torch.optim.Optimizer],
-    schedulers: Sequence[Any],
-    dataloaders: Sequence[Any],
-) -> PreparedObjects | None:
-    """``deepspeed.initialize`` on the model, optimizer and scheduler passed to one ``prepare`` call."""
-    precision = accelerator.precision
-    if not isinstance(precision, ZeroPrecision):
-        raise ConfigError("backend 'zero' needs its own precision, but another plugin replaced it (plait_precision)")
-    if not models and not optimizers and not schedulers:
-        return None
-    if len(models) != 1 or len(optimizers) > 1 or len(schedulers) > 1:
-        raise ConfigError(
-            f"backend 'zero' wraps one model with at most one optimizer and one scheduler in one DeepSpeed engine, "
-            f"but prepare() got {len(models)} models, {len(optimizers)} optimizers and {len(schedulers)} schedulers: "
-            f"pass the model together with its optimizer (and scheduler) in one prepare() call"
-        )
-    if precision.engine is not None and models[0] is precision.engine and not optimizers and not schedulers:
-        return PreparedObjects([(precision.engine, precision.engine)])  # prepared again: nothing to do
-    if precision.engine is not None:
-        raise ConfigError(
-            "backend 'zero' already prepared a model on this Accelerator (one DeepSpeed engine per Accelerator): "
-            "use another Accelerator for a second model"
-        )
-    model = models[0]
-    optimizer = optimizers[0] if optimizers else None
-    scheduler = schedulers[0] if schedulers else None
-    deepspeed = import_deepspeed(accelerator.device.type)
-    ensure_comm(deepspeed, accelerator.device.type)
-    options: ZeroOptions = accelerator.backend_options
-    config = build_config(
-        options,
-        micro_batch_size=_micro_batch_size(list(dataloaders) + list(accelerator.prepared.dataloaders)),
-        gradient_accumulation_steps=accelerator.gradient_accumulation_steps,
-        world_size=accelerator.num_processes,
-        mixed_precision=accelerator.mixed_precision,
-        has_optimizer=optimizer is not None,
-        has_scheduler=scheduler is not None,
-    )
-    if config["gradient_accumulation_steps"] != accelerator.gradient_accumulation_steps:
-        # Only the Accelerator's default of 1 gives way (any other value must match): the JSON's value rules.
-        accelerator.gradient_accumulation_steps = int(config["gradient_accumulation_steps"])
-    # The engine steps the scheduler after each applied step; through core's wrapper it keeps HF Accelerate's
-    # rule (once per process unless batches are split), so a schedule runs as long as under ddp. A scheduler that
-    # needs a metric (ReduceLROnPlateau) is stepped by the user, as under every other backend.
-    engine_scheduler = None
-    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-    if scheduler is not None and accelerator.step_scheduler_with_optimizer and not plateau:
-        engine_scheduler = AcceleratedScheduler(
-            scheduler, [], accelerator.gradient_state, step_with_optimizer=True,
-            split_batches=accelerator.split_batches, num_processes=accelerator.num_processes,
-        )
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=engine_scheduler, config=config, dist_init_required=False,
-    )
-    precision.engine = engine
-    if accelerator.mixed_precision != "no":
-        patch_forward(engine, precision.wrap_forward)
-    pairs: list[tuple[Any, Any]] = [(model, engine)]
-    prepared_optimizer = None
-    if optimizer is not None:
-        prepared_optimizer = ZeroOptimizer(engine, accelerator.gradient_state, precision, config["gradient_clipping"])
-        pairs.append((optimizer, prepared_optimizer))
-    if scheduler is not None:
-        kind = EngineScheduler if engine_scheduler is not None else AcceleratedScheduler
-        pairs.append((scheduler, kind(
-            scheduler, [prepared_optimizer] if prepared_optimizer is not None else [], accelerator.gradient_state,
-            step_with_optimizer=accelerator.step_scheduler_with_optimizer,
-            split_batches=accelerator.split_batches, num_processes=accelerator.num_processes,
-        )))
-    return PreparedObjects(pairs)
 
 
 def is_engine(model: Any) -> bool:
@@ -314,9 +312,9 @@ def grad_norm(engine: Any) -> torch.Tensor:
     return torch.as_tensor(norm, dtype=torch.float32).detach().cpu() / float(optimizer.loss_scale)
 
 
-def clip_grad_norm(accelerator: Accelerator, max_norm: float, norm_type: float) -> torch.Tensor:
-    """``clip_grad_norm_`` mapped onto the engine: clip at ``max_norm`` in the coming step; return the norm."""
-    engine = getattr(accelerator.precision, "engine", None)
+def clip_grad_norm(accelerator: Accelerator, parameters: Sequence[Any], max_norm: float, norm_type: float) -> torch.Tensor:
+    """``clip_grad_norm_`` mapped onto the engine of ``parameters``: clip at ``max_norm`` in its coming step;
+    return the norm. With one trained engine, that engine (DeepSpeed clips all its gradients)."""
     if float(norm_type) != 2.0:
         raise ValueError(
             f"clip_grad_norm_(norm_type={norm_type!r}) is not supported by backend 'zero': DeepSpeed clips the "
@@ -324,11 +322,29 @@ def clip_grad_norm(accelerator: Accelerator, max_norm: float, norm_type: float) 
         )
     if max_norm <= 0:
         raise ValueError(f"clip_grad_norm_(max_norm={max_norm!r}) is not valid: expected a positive number")
+    precision: Any = accelerator.precision
+    engine = precision.trained[0] if len(precision.trained) == 1 else engine_of(precision, parameters)
     set_clip(engine, max_norm)
     if not accelerator.sync_gradients:
         # Gradients are reduced (and the norm known) only on synchronising micro-steps.
         return torch.tensor(float("nan"))
     return grad_norm(engine)
+
+
+def engine_of(precision: ZeroPrecision, parameters: Sequence[Any]) -> Any:
+    """The one trained engine that holds every parameter in ``parameters``."""
+    owners = precision.owners()
+    found = {id(owners[id(p)]): owners[id(p)] for p in parameters if id(p) in owners}
+    if len(found) == 1 and all(id(p) in owners for p in parameters):
+        return next(iter(found.values()))
+    names = [precision.describe(engine) for engine in found.values()]
+    where = f"belong to {' and '.join(names)}" if names else "belong to no model this accelerator trains"
+    if names and len(names) == 1:
+        where = f"are not all {names[0]}'s"
+    raise ValueError(
+        f"Pass the parameters of one prepared model to clip_grad_norm_ (model.parameters()): backend 'zero' clips "
+        f"each DeepSpeed engine's gradients as a whole, and these parameters {where}"
+    )
 
 
 # --------------------------------------------------------------------------- full state dicts

@@ -4,6 +4,11 @@ Every key is the one core's HF Accelerate import maps ``deepspeed_config`` to
 (``zero_stage`` -> ``stage``, ``zero3_init_flag`` -> ``zero3_init``...). An option
 left at ``None`` is "not given": the DeepSpeed JSON's value, else the default, is
 used. No torch or deepspeed import here.
+
+Several models may each have their own DeepSpeed config (HF Accelerate's
+``deepspeed_plugins``): ``plugins: {name: {stage: ..., config_file: ...}}`` names
+them; the first is active, :meth:`ZeroOptions.select` activates another, and each
+``prepare`` builds its engines from the active one.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ class ZeroOptions:
     :param save_16bit_model: DeepSpeed's ``stage3_gather_16bit_weights_on_model_save``.
     :param config_file: a DeepSpeed JSON file (or its contents as a dict); ``"auto"``
         values in it are filled from the Accelerator and the prepared dataloader.
+    :param plugins: named configs for several models (HF Accelerate's ``deepspeed_plugins``):
+        ``{name: {stage: 3, config_file: ...}}``, each entry complete in itself (the
+        section's other keys stay unset). The first is active until :meth:`select`
+        activates another; ``prepare`` builds each engine from the active one.
     """
 
     stage: int | None = None
@@ -59,8 +68,11 @@ class ZeroOptions:
     zero3_init: bool = False
     save_16bit_model: bool = False
     config_file: str | Mapping[str, Any] | None = None
+    plugins: Mapping[str, Mapping[str, Any] | ZeroOptions] | None = None
     #: The parsed DeepSpeed JSON (empty without ``config_file``); filled on creation.
     user_config: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    #: The active entry of ``plugins`` (one name, or none without plugins); changed by :meth:`select`.
+    _selected: list[str] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         def set_(name: str, value: Any) -> None:  # a frozen dataclass normalises its fields once
@@ -122,10 +134,51 @@ class ZeroOptions:
                 f"zero option zero3_init=true needs ZeRO stage 3 (this configuration uses stage "
                 f"{self.effective_stage}): set stage: 3, or zero3_init: false"
             )
+        if self.plugins is not None:
+            set_("plugins", _read_plugins(self))
+            self._selected.append(next(iter(self.plugins)))
+
+    # ------------------------------------------------------------------ named configs (deepspeed_plugins)
+    @property
+    def plugin_names(self) -> tuple[str, ...]:
+        """The names of ``plugins``, in order (empty without them)."""
+        return tuple(self.plugins or ())
+
+    @property
+    def selected(self) -> str | None:
+        """The active entry of ``plugins`` (HF Accelerate's selected ``DeepSpeedPlugin``), or ``None``."""
+        return self._selected[-1] if self._selected else None
+
+    def select(self, name: str) -> None:
+        """Activate ``plugins[name]`` (HF Accelerate's ``select_deepspeed_plugin``): the next ``prepare`` and
+        ``init_module`` use it; engines already built keep theirs."""
+        if not self.plugins:
+            raise ConfigError(
+                f"Name the zero configs first (zero option plugins: {{{name!r}: {{stage: ...}}, ...}}) to select "
+                f"{name!r}: this run has one DeepSpeed config and nothing to select"
+            )
+        if name not in self.plugins:
+            names = list(self.plugins)
+            raise ConfigError(
+                f"Select one of the zero configs {', '.join(map(repr, names))}: there is no config named "
+                f"{name!r}{closest(str(name), names)}"
+            )
+        self._selected[:] = [name]
+
+    @property
+    def active(self) -> ZeroOptions:
+        """The options engines are built from now: the selected entry of ``plugins``, else these."""
+        if self.plugins and self._selected:
+            entry = self.plugins[self._selected[-1]]
+            assert isinstance(entry, ZeroOptions)  # normalised in __post_init__
+            return entry
+        return self
 
     @property
     def effective_stage(self) -> int:
-        """The stage that runs: this option, else the DeepSpeed JSON's, else 2."""
+        """The stage that runs: this option, else the DeepSpeed JSON's, else 2 (the active entry's with ``plugins``)."""
+        if self.plugins and self._selected:
+            return self.active.effective_stage
         if self.stage is not None:
             return self.stage
         json_stage = self.user_config.get("zero_optimization", {}).get("stage", "auto")
@@ -144,6 +197,38 @@ class ZeroOptions:
                     f"unknown zero option {key!r}{closest(str(key), names)}; valid options: {', '.join(names)}"
                 )
         return cls(**dict(section))
+
+
+def _read_plugins(options: ZeroOptions) -> dict[str, ZeroOptions]:
+    """``plugins`` checked: a non-empty mapping of names to complete option sets, beside no other key."""
+    plugins = options.plugins
+    if not isinstance(plugins, Mapping) or not plugins:
+        raise ConfigError(
+            f"Give zero option plugins as a non-empty mapping of names to options, such as "
+            f"plugins: {{student: {{stage: 2}}, teacher: {{stage: 3}}}}: got {plugins!r}"
+        )
+    defaults = ZeroOptions()
+    given = [f.name for f in dataclasses.fields(ZeroOptions)
+             if f.init and f.name != "plugins" and getattr(options, f.name) != getattr(defaults, f.name)]
+    if given:
+        raise ConfigError(
+            f"Move zero option {', '.join(given)} into each entry of plugins (plugins: {{name: {{{given[0]}: ...}}}}): "
+            f"with named configs each entry is complete, as HF Accelerate's deepspeed_plugins are, and the "
+            f"section's own keys would apply to none of them"
+        )
+    entries: dict[str, ZeroOptions] = {}
+    for name, entry in plugins.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"Name each zero config in plugins with a non-empty string: got {name!r}")
+        nested = entry.get("plugins") if isinstance(entry, Mapping) else getattr(entry, "plugins", None)
+        if nested:
+            raise ConfigError(f"Remove plugins from the zero config {name!r}: named configs do not nest")
+        if not isinstance(entry, (Mapping, ZeroOptions)):
+            raise ConfigError(
+                f"Give the zero config {name!r} as a mapping of zero options, such as {{stage: 3}}: got {entry!r}"
+            )
+        entries[name] = ZeroOptions.from_section(entry)
+    return entries
 
 
 def read_deepspeed_config(source: str | Mapping[str, Any] | None) -> dict[str, Any]:

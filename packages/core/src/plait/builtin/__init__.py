@@ -108,7 +108,8 @@ def plait_batch_placer(accelerator: Accelerator, dataloader: Any) -> Callable[[A
 
     if not accelerator.device_placement:
         return unplaced
-    return batch_placer(accelerator.device, non_blocking=bool(getattr(dataloader, "pin_memory", False)))
+    non_blocking = accelerator.config.non_blocking or bool(getattr(dataloader, "pin_memory", False))
+    return batch_placer(accelerator.device, non_blocking=non_blocking)
 
 
 @hookimpl(trylast=True)
@@ -128,14 +129,18 @@ def plait_wrap_model(accelerator: Accelerator, model: torch.nn.Module, evaluatio
 @hookimpl(trylast=True)
 def plait_wrap_optimizer(accelerator: Accelerator, optimizer: torch.optim.Optimizer) -> Any:
     from plait.training import AcceleratedOptimizer
+    from plait.utils.backend_plugins import refuse_dummy
 
+    refuse_dummy(optimizer, accelerator.backend)
     return AcceleratedOptimizer(optimizer, accelerator.gradient_state, accelerator.precision)
 
 
 @hookimpl(trylast=True)
 def plait_wrap_scheduler(accelerator: Accelerator, scheduler: Any) -> Any:
     from plait.training import AcceleratedScheduler
+    from plait.utils.backend_plugins import refuse_dummy
 
+    refuse_dummy(scheduler, accelerator.backend)
     inner = getattr(scheduler, "optimizer", None)
     optimizers = [o for o in accelerator.prepared.optimizers if o is inner or getattr(o, "optimizer", None) is inner]
     return AcceleratedScheduler(
@@ -158,6 +163,7 @@ def plait_wrap_dataloader(accelerator: Accelerator, dataloader: Any) -> Any:
         split_batches=accelerator.split_batches,
         even_batches=accelerator.even_batches,
         dispatch_batches=accelerator.config.dispatch_batches,
+        data_seed=accelerator.config.data_seed,
         share=accelerator.collectives.broadcast_object_list,
     )
     place = accelerator.hooks.batch_placer(accelerator, dataloader)
@@ -176,10 +182,13 @@ def plait_precision(accelerator: Accelerator) -> Precision:
 
     from plait.precision import Precision, TorchAmpPrecision
 
+    scaler, autocast = accelerator.scaler_handler, accelerator.autocast_handler
+    scaler_kwargs = scaler.to_kwargs() if scaler is not None else None
+    autocast_kwargs = autocast.to_kwargs() if autocast is not None else None
     if accelerator.mixed_precision == "fp16":
-        return TorchAmpPrecision(accelerator.device, torch.float16)
+        return TorchAmpPrecision(accelerator.device, torch.float16, scaler_kwargs, autocast_kwargs)
     if accelerator.mixed_precision == "bf16":
-        return TorchAmpPrecision(accelerator.device, torch.bfloat16)
+        return TorchAmpPrecision(accelerator.device, torch.bfloat16, None, autocast_kwargs)
     return Precision(accelerator.device)
 
 

@@ -6,11 +6,15 @@ import os
 import shutil
 import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from plait.checkpoint.hook_handles import RemovableHandle
+from plait.checkpoint.hook_handles import register as _register
+from plait.checkpoint.hook_handles import unlisted as _unlisted
 from plait.errors import CheckpointError
 from plait.random import get_rng_states, set_rng_states
 
@@ -22,6 +26,12 @@ if TYPE_CHECKING:
 # that an Accelerator which never saves does not import them.
 
 _KINDS = ("models", "optimizers", "schedulers", "dataloaders", "custom_objects")
+
+
+def _uncompiled(model: Any) -> Any:
+    """The module ``torch.compile`` wrapped (the backend's own wrapper), so that no ``_orig_mod.`` enters the
+    files: backends save and load what they wrapped."""
+    return getattr(model, "_orig_mod", model)
 
 
 def _name(stem: str, index: int, suffix: str = "pt") -> str:
@@ -38,22 +48,58 @@ class Checkpointer:
 
     def __init__(self, accelerator: Accelerator) -> None:
         self.accelerator = accelerator
+        self._saved_models: list[int] = []
         #: Objects saved with the state besides the prepared ones (``register_for_checkpointing``).
         self.custom_objects: list[Any] = []
+        #: ``register_save_state_pre_hook`` / ``register_load_state_pre_hook`` hooks, by handle id.
+        self.save_hooks: dict[int, Callable[..., None]] = {}
+        self.load_hooks: dict[int, Callable[..., None]] = {}
 
     def register_for_checkpointing(self, *objects: Any) -> None:
         """Save and restore these objects (anything with ``state_dict``/``load_state_dict``) with the state."""
-        bad = [type(o).__qualname__ for o in objects if not (hasattr(o, "state_dict") and hasattr(o, "load_state_dict"))]
+        bad = [f"item {i} ({type(o).__qualname__})" for i, o in enumerate(objects)
+               if not (hasattr(o, "state_dict") and hasattr(o, "load_state_dict"))]
         if bad:
-            raise TypeError(
-                f"register_for_checkpointing got {', '.join(bad)}: every object needs state_dict() and "
-                f"load_state_dict() methods"
+            raise ValueError(
+                f"register_for_checkpointing got {', '.join(bad)} without state_dict() and load_state_dict(): "
+                f"every object needs both methods to be saved and restored"
             )
         self.custom_objects.extend(objects)
 
+    def register_save_state_pre_hook(self, hook: Callable[[list[Any], list[Any], str], None]) -> RemovableHandle:
+        """Call ``hook(models, weights, output_dir)`` in ``save_state`` before the models are written.
+
+        ``models`` are the prepared models, ``weights`` their state dicts on the main process (empty
+        elsewhere); a model whose state dict the hook removes from ``weights`` is not written by
+        ``save_state`` (the hook saved it its own way into ``output_dir``, which is part of the checkpoint).
+        :return: a handle whose ``remove()`` unregisters the hook.
+        """
+        return _register(self.save_hooks, hook)
+
+    def register_load_state_pre_hook(self, hook: Callable[[list[Any], str], None]) -> RemovableHandle:
+        """Call ``hook(models, input_dir)`` in ``load_state`` before the models are loaded; a model the hook
+        removes from ``models`` is not loaded by ``load_state``. :return: a handle whose ``remove()``
+        unregisters it."""
+        return _register(self.load_hooks, hook)
+
+    def _run_save_hooks(self, output_dir: Path) -> list[int]:
+        """Run the save pre-hooks; return the indices of the models ``save_state`` still writes."""
+        accelerator = self.accelerator
+        models = list(accelerator.prepared.models)
+        if not self.save_hooks:
+            return list(range(len(models)))
+        weights = [self.get_state_dict(model, unwrap=False) for model in models]
+        if not accelerator.process.is_main_process:
+            weights = []
+        originals = [id(w) for w in weights]
+        for hook in list(self.save_hooks.values()):
+            hook(models, weights, str(output_dir))
+        kept = [i for i, key in enumerate(originals) if any(id(w) == key for w in weights)]
+        return list(accelerator.collectives.broadcast_object_list([kept])[0])
+
     def get_state_dict(self, model: torch.nn.Module, unwrap: bool = True) -> dict[str, Any]:
         """The model's full state dict (gathered from shards by sharded backends), unwrapped key names."""
-        return self.accelerator.hooks.get_state_dict(self.accelerator, model, unwrap)
+        return self.accelerator.hooks.get_state_dict(self.accelerator, _uncompiled(model), unwrap)
 
     def _counts(self) -> dict[str, int]:
         prepared = self.accelerator.prepared
@@ -98,10 +144,14 @@ class Checkpointer:
                 "with a project_dir"
             )
         final = Path(output_dir).absolute()
-        if final.exists() and not overwrite:
+        # An empty directory (made by the user, as HF Accelerate's users do) is written into.
+        empty = final.is_dir() and not any(final.iterdir())
+        if final.exists() and not overwrite and not empty:
             raise CheckpointError(
-                f"checkpoint directory {final} already exists: pass overwrite=True to replace it, or save elsewhere"
+                f"checkpoint directory {final} already exists and is not empty: pass overwrite=True to replace it, "
+                f"or save elsewhere"
             )
+        overwrite = overwrite or empty
         from plait.checkpoint import directory as checkpoint_directory
         from plait.checkpoint.writer import CheckpointWriter
 
@@ -113,7 +163,8 @@ class Checkpointer:
         collectives.barrier()
         writer = CheckpointWriter(temporary)
         try:
-            self._write_state(writer)
+            saved_models = self._run_save_hooks(temporary)
+            self._write_state(writer, saved_models)
             files = writer.files()
         except BaseException:
             writer.close()
@@ -123,6 +174,8 @@ class Checkpointer:
         every_file: dict[str, Any] = {}
         for part in collectives.gather_objects(files):
             every_file.update(part)
+        if process.is_main_process and self.save_hooks:
+            every_file.update(_unlisted(temporary, every_file))  # what the save hooks wrote themselves
         if process.is_main_process:
             checkpoint_directory.write_manifest(temporary, every_file, self._manifest_metadata())
             checkpoint_directory.commit(temporary, final, overwrite)
@@ -134,11 +187,13 @@ class Checkpointer:
         accelerator.hooks.checkpoint_saved(accelerator, str(final))
         return str(final)
 
-    def _write_state(self, writer: CheckpointWriter) -> None:
+    def _write_state(self, writer: CheckpointWriter, saved_models: list[int]) -> None:
         accelerator = self.accelerator
         hooks, prepared = accelerator.hooks, accelerator.prepared
+        self._saved_models = saved_models
         for i, model in enumerate(prepared.models):
-            hooks.save_model(accelerator, model, writer, i)
+            if i in saved_models:
+                hooks.save_model(accelerator, _uncompiled(model), writer, i)
         for i, optimizer in enumerate(prepared.optimizers):
             hooks.save_optimizer(accelerator, optimizer, writer, i)
         if accelerator.process.is_main_process:
@@ -162,6 +217,7 @@ class Checkpointer:
             "iteration": accelerator.project_configuration.iteration,
             "step": accelerator.gradient_state.step,
             **self._counts(),
+            "saved_models": self._saved_models,
         }
 
     # ------------------------------------------------------------------ load_state
@@ -208,9 +264,14 @@ class Checkpointer:
         rng_file = f"random_states_{process_index}.pt"
         rng = load(directory, rng_file) if (directory / rng_file).is_file() else None
 
+        models = list(prepared.models)
+        for hook in list(self.load_hooks.values()):
+            hook(models, str(directory))
+        saved_models = metadata.get("saved_models", list(range(len(models))))
         hooks = accelerator.hooks
         for i, model in enumerate(prepared.models):
-            hooks.load_model(accelerator, model, str(directory), i, strict)
+            if any(m is model for m in models) and i in saved_models:
+                hooks.load_model(accelerator, _uncompiled(model), str(directory), i, strict)
         for i, optimizer in enumerate(prepared.optimizers):
             hooks.load_optimizer(accelerator, optimizer, str(directory), i)
         for scheduler, state in zip(prepared.schedulers, schedulers):

@@ -97,7 +97,7 @@ def from_accelerate(data: dict[str, Any], path: Path | str) -> dict[str, Any]:
             if value is not None:
                 out[_TOP_LEVEL[key]] = value
         elif key == "fsdp_config":
-            out["fsdp"] = _fsdp_section(value or {})
+            out["fsdp"] = fsdp_section(value or {})
         elif key == "deepspeed_config":
             section = dict(value or {})
             if "gradient_accumulation_steps" in section:
@@ -116,7 +116,7 @@ def from_accelerate(data: dict[str, Any], path: Path | str) -> dict[str, Any]:
     return out
 
 
-def _fsdp_section(section: dict[str, Any]) -> dict[str, Any]:
+def fsdp_section(section: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in section.items():
         name = key[len("fsdp_") :] if key.startswith("fsdp_") else key

@@ -113,6 +113,8 @@ def resolve_config(
         for key, value in layer.items():
             if key == "sections":
                 for name, section in value.items():
+                    if "plugins" in section:  # named configs, each complete: they replace the section
+                        merged_sections[name] = {}
                     merged_sections.setdefault(name, {}).update(section)
             else:
                 merged[key] = value

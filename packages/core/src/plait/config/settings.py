@@ -13,6 +13,11 @@ from plait.plugins.catalog import first_party
 from plait.plugins.discovery import BACKENDS_GROUP
 
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
+#: HF Accelerate's dynamo backends (``DynamoBackend``), upper case; ``NO`` leaves models uncompiled.
+DYNAMO_BACKENDS = (
+    "NO", "EAGER", "AOT_EAGER", "INDUCTOR", "AOT_TS_NVFUSER", "NVPRIMS_NVFUSER", "CUDAGRAPHS", "OFI", "FX2TRT",
+    "ONNXRT", "TENSORRT", "AOT_TORCHXLA_TRACE_ONCE", "TORCHXLA_TRACE_ONCE", "TVM", "HPU_BACKEND", "NEURON",
+)
 #: Backend sections recognised even when their plugin is not installed: the first-party backends.
 KNOWN_BACKENDS = first_party(BACKENDS_GROUP)
 ENV_PREFIX = "PLAIT_"
@@ -50,6 +55,16 @@ class Config:
     process_group_timeout: int = 1800
     #: Rank 0 reads every batch and sends each process its share (otherwise each process reads its own).
     dispatch_batches: bool = False
+    #: Batches move to the device with ``non_blocking=True`` (useful with ``pin_memory=True``).
+    non_blocking: bool = False
+    #: Accepted for HF Accelerate's ``use_seedable_sampler``: prepared dataloaders always shuffle with a seeded sampler.
+    use_seedable_sampler: bool = False
+    #: The seed of the prepared dataloaders' shuffling (``None``: drawn from torch's generator at prepare).
+    data_seed: int | None = None
+    #: ``torch.compile`` backend of prepared models (``"no"``: not compiled), HF Accelerate's dynamo names.
+    dynamo_backend: str = "no"
+    #: torch.distributed backend of the default process group (``None``: nccl on CUDA, gloo on CPU).
+    process_group_backend: str | None = None
     #: Backend config sections, keyed by backend name (``{"fsdp": {...}}``).
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: Plugin names blocked before loading (``PLAIT_DISABLE_PLUGINS=a,b``).
@@ -63,7 +78,7 @@ class Config:
     sources: Mapping[str, tuple[int, str]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("mixed_precision", "gradient_accumulation_steps", "num_processes", "num_machines",
+        for name in ("mixed_precision", "dynamo_backend", "gradient_accumulation_steps", "num_processes", "num_machines",
                      "process_group_timeout"):
             problem = _problem(name, getattr(self, name))
             if problem is not None:
@@ -88,6 +103,13 @@ class Config:
     def section(self, name: str) -> Mapping[str, Any]:
         """The config section of backend ``name`` (empty if absent)."""
         return self.sections.get(name, {})
+
+    def options(self, name: str, given: Mapping[str, Any] | object | None = None) -> Mapping[str, Any] | object:
+        """What backend ``name``'s options are built from: its section, updated with ``given`` (a dict), or
+        ``given`` itself (the backend's own options object, given in code)."""
+        if given is not None and not isinstance(given, Mapping):
+            return given
+        return {**self.section(name), **(given or {})}
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain YAML-ready data: top-level keys and backend sections."""
@@ -135,6 +157,16 @@ _TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
 
 def _problem(key: str, value: Any) -> str | None:
     """What is wrong with ``value`` for ``key`` beyond its type, or ``None``."""
+    if key == "mixed_precision" and value == "fp8":
+        return (
+            "mixed_precision='fp8' is not supported by plait (no FP8 recipes: Transformer Engine, MS-AMP or "
+            "torchao): use mixed_precision='bf16', the closest it runs"
+        )
+    if key == "dynamo_backend" and str(value).upper() not in DYNAMO_BACKENDS:
+        return (
+            f"dynamo_backend={value!r} is not valid: expected 'no' or a torch.compile backend "
+            f"({', '.join(b.lower() for b in DYNAMO_BACKENDS[1:])}){closest(str(value).upper(), DYNAMO_BACKENDS)}"
+        )
     if key == "mixed_precision" and value not in MIXED_PRECISION_CHOICES:
         return (
             f"mixed_precision={value!r} is not valid: expected one of "

@@ -36,6 +36,8 @@ class ShardLayout:
     even_batches: bool = True
     #: Rank 0 reads every global batch and sends each process its rows.
     dispatch_batches: bool = False
+    #: The shuffling seed (``DataLoaderConfiguration(data_seed=...)``); ``None``: drawn at prepare.
+    data_seed: int | None = None
     #: ``share([obj])`` returns rank 0's objects on every process (a broadcast).
     share: Callable[[list[Any]], list[Any]] | None = None
 
@@ -103,7 +105,7 @@ class DataLoaderShard(DataLoader[Any]):
             batch_sampler, seed = with_seeded_sampler(dataloader)
             # Every process must shuffle alike, or their shards overlap: rank 0's seed wins.
             if seed is not None:
-                self.seed = int(layout.broadcast(seed)[0])
+                self.seed = layout.data_seed if layout.data_seed is not None else int(layout.broadcast(seed)[0])
                 batch_sampler.sampler.seed = self.seed
             if n > 1:
                 if self._dispatch:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -111,3 +111,40 @@ def load_all(pm: pluggy.PluginManager, disabled: Sequence[str] = ()) -> list[Plu
             except Exception as exc:  # a broken plugin is reported by the caller, never fatal
                 skipped.append(PluginInfo(ep.name, group, dist, version, error=f"{type(exc).__name__}: {exc}"))
     return skipped
+
+
+def load_run_plugins(
+    pm: pluggy.PluginManager, config: Config, backend: str, launched: int, plugins: Sequence[object]
+) -> list[PluginInfo]:
+    """An accelerator's plugins, in registration order: extensions, the selected ``backend`` (when not
+    the built-in one), then ``plugins`` given in code. Return the extensions that failed to load."""
+    from plait.plugins import catalog, discovery
+
+    broken = load_extensions(pm, config)
+    if backend != catalog.BUILTIN_BACKEND:
+        try:
+            load_selected(pm, discovery.BACKENDS_GROUP, backend, config.disable_plugins)
+        except PluginError as exc:
+            if config.backend is not None:
+                raise
+            raise PluginError(
+                f"this run has {launched} processes and no backend is named, so it needs the {backend!r} backend: {exc}"
+            ) from None
+    for plugin in plugins:
+        register(pm, plugin)
+    return broken
+
+
+def accelerator_state(accelerator: Any) -> dict[str, Any]:
+    """An accelerator's pickled state (``__getstate__``): everything but its plugin manager and hook caller."""
+    return {key: value for key, value in vars(accelerator).items() if key not in ("plugin_manager", "hooks")}
+
+
+def restore_accelerator(accelerator: Any, state: dict[str, Any]) -> None:
+    """``__setstate__``: the state back, then the same plugins loaded again on a new plugin manager."""
+    from plait.plugins.hooks import Hooks
+
+    vars(accelerator).update(state)
+    pm = accelerator.plugin_manager = new_manager()
+    accelerator.hooks = Hooks(pm)
+    load_run_plugins(pm, accelerator.config, accelerator.backend, accelerator.num_processes, accelerator.plugins)

@@ -7,14 +7,27 @@ from dataclasses import dataclass
 
 
 class DistributedType(str, enum.Enum):
-    """The kind of run, with HF Accelerate's member names; compares equal to its string value."""
+    """The kind of run, with every member name HF Accelerate has; compares equal to its string value.
+
+    plait produces ``NO``, ``MULTI_CPU``, ``MULTI_GPU``, ``FSDP``, ``DEEPSPEED`` and ``XLA``; the members for
+    hardware or libraries it does not run on (NPU, MLU, SDAA, MUSA, XPU, HPU, Neuron, Megatron-LM) exist so
+    that scripts comparing against them work, and are never produced.
+    """
 
     NO = "NO"
     MULTI_CPU = "MULTI_CPU"
     MULTI_GPU = "MULTI_GPU"
-    FSDP = "FSDP"
+    MULTI_NPU = "MULTI_NPU"
+    MULTI_MLU = "MULTI_MLU"
+    MULTI_SDAA = "MULTI_SDAA"
+    MULTI_MUSA = "MULTI_MUSA"
+    MULTI_XPU = "MULTI_XPU"
     DEEPSPEED = "DEEPSPEED"
+    FSDP = "FSDP"
     XLA = "XLA"
+    MEGATRON_LM = "MEGATRON_LM"
+    MULTI_HPU = "MULTI_HPU"
+    MULTI_NEURON = "MULTI_NEURON"
 
     def __str__(self) -> str:
         return self.value

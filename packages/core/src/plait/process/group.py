@@ -34,8 +34,9 @@ def start(config: Config) -> ProcessEnvironment:
         use_cuda = torch.cuda.is_available() and not config.cpu
         if use_cuda:
             torch.cuda.set_device(environment.local_rank % torch.cuda.device_count())
+        backend = config.process_group_backend or ("nccl" if use_cuda else "gloo")
         dist.init_process_group(
-            "nccl" if use_cuda else "gloo",
+            backend,
             timeout=datetime.timedelta(seconds=config.process_group_timeout),
             rank=environment.rank,
             world_size=environment.world_size,

@@ -26,6 +26,7 @@ class ProcessState:
         self.environment = environment
         self.device = device
         self._collectives = collectives
+        self._trigger = False
 
     @property
     def process_index(self) -> int:
@@ -59,6 +60,21 @@ class ProcessState:
         """``print`` on the local main process only."""
         if self.is_local_main_process:
             print(*args, **kwargs)
+
+    def set_trigger(self) -> None:
+        """Raise this process's flag: the next :meth:`check_trigger` is true on every process (early stopping)."""
+        self._trigger = True
+
+    def check_trigger(self) -> bool:
+        """Whether any process called :meth:`set_trigger` since the last check that was true; a collective:
+        every process must call it. A true check lowers every flag."""
+        import torch
+
+        flag = torch.tensor(1 if self._trigger else 0, device=self.device)
+        if int(self._collectives.reduce(flag, "sum").item()) >= 1:
+            self._trigger = False
+            return True
+        return False
 
     def wait_for_everyone(self) -> None:
         """Block until every process reaches this point."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,14 @@ class Accumulation:
         #: The last ``accumulate`` context whose models never need skipping: stateless, so reused.
         self._stateless: Accumulate | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # What was asked of each model is asked again after unpickling (a weak mapping does not pickle).
+        return {**self.__dict__, "_skips": None, "_stateless": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._skips = weakref.WeakKeyDictionary()
+
     def skips_sync(self, model: torch.nn.Module) -> bool:
         """:meth:`GradientSyncControl.skips_sync` for ``model``, asked only the first time."""
         known = self._skips.get(model)
@@ -75,6 +84,12 @@ class Accumulation:
         """A context in which backward does not synchronise ``model``'s gradients across processes."""
         return self.control.no_sync(model)
 
+    def trigger_sync_in_backward(self, model: torch.nn.Module) -> AbstractContextManager[Any]:
+        """A context in which backward synchronises ``model``'s gradients even inside ``no_sync`` or
+        ``accumulate`` (HF Accelerate's ``trigger_sync_in_backward``): for a DistributedDataParallel
+        model, its reducer is told to reduce in the next backward."""
+        return _triggered_sync(model)
+
     def clear(self) -> None:
         """Forget every model (``free_memory``)."""
         self._skips = weakref.WeakKeyDictionary()
@@ -97,14 +112,16 @@ class Accumulate:
         self._stack: contextlib.ExitStack | None = None
         # Known now rather than at the first micro-step that skips synchronisation: until then,
         # every step would build a new context.
-        self._skipping = tuple(model for model in models if accumulation.skips_sync(model))
+        # With ``sync_each_batch`` every backward synchronises: nothing is ever skipped.
+        skipping = () if self._state.sync_each_batch else models
+        self._skipping = tuple(model for model in skipping if accumulation.skips_sync(model))
         self.stateless = not self._skipping
 
     def __enter__(self) -> None:
         # Decide whether the micro-step about to run synchronises: on every k-th micro-step, and on
         # the dataloader's last batch (which also restarts the count).
         state = self._state
-        if state.end_of_dataloader:
+        if state.end_of_dataloader and state.sync_with_dataloader:
             state.step = 0
             state.sync_gradients = True
             return
@@ -125,3 +142,19 @@ class Accumulate:
             return None
         self._stack = None
         return stack.__exit__(kind, error, traceback)
+
+
+@contextlib.contextmanager
+def _triggered_sync(model: torch.nn.Module) -> Iterator[None]:
+    ddp: Any = model
+    if not hasattr(ddp, "require_backward_grad_sync") or not hasattr(ddp, "reducer"):
+        yield  # not DistributedDataParallel: backward synchronises as it always does
+        return
+    saved = ddp.require_backward_grad_sync, ddp.require_forward_param_sync
+    ddp.require_backward_grad_sync = True
+    ddp.require_forward_param_sync = True
+    ddp.reducer.prepare_for_backward([])
+    try:
+        yield
+    finally:
+        ddp.require_backward_grad_sync, ddp.require_forward_param_sync = saved

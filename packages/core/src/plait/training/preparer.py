@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -36,7 +37,8 @@ class Preparer:
                 f"device_placement has {len(device_placement)} entries for {len(args)} objects: give one per object"
             )
         placements = list(device_placement) if device_placement is not None else [None] * len(args)
-        kinds = [kind_of(obj) for obj in args]
+        # As HF Accelerate: what prepare does not know (None, a tokenizer, a loss) comes back as it is.
+        kinds = [kind_of(obj, strict=False) for obj in args]
         result: list[Any] = list(args)
         for i, (obj, kind) in enumerate(zip(args, kinds)):
             if kind == "dataloader":
@@ -53,7 +55,7 @@ class Preparer:
         )
         if joint is not None:
             for i, kind in enumerate(kinds):
-                if kind != "dataloader" and result[i] in joint:
+                if kind not in ("dataloader", "other") and result[i] in joint:
                     result[i] = joint.get(result[i])
                     accelerator.prepared.add(result[i], kind)
             return result[0] if len(result) == 1 else tuple(result)
@@ -87,6 +89,9 @@ class Preparer:
         if accelerator.config.mixed_precision != "no":
             # On the outermost module, as HF Accelerate does: whatever the backend wrapped runs under autocast.
             patch_forward(wrapped, accelerator.precision.wrap_forward)
+        dynamo = accelerator.dynamo_plugin
+        if str(dynamo.backend.value) != "NO" and not hasattr(wrapped, "_orig_mod"):
+            wrapped = cast("torch.nn.Module", torch.compile(wrapped, **dynamo.to_kwargs()))  # after wrapping, as HF Accelerate
         accelerator.prepared.add(wrapped, "model")
         return wrapped
 
@@ -122,15 +127,41 @@ class Preparer:
         return wrapped
 
     def unwrap_model(self, model: torch.nn.Module, keep_fp32_wrapper: bool = True, keep_torch_compile: bool = True) -> Any:
-        """The user's module inside a prepared model."""
+        """The user's module inside a prepared model: without the backend's wrapper, ``torch.nn.DataParallel``,
+        and (``keep_torch_compile=False``) ``torch.compile``'s. A compiled model kept compiled comes back as a
+        compiled module of the unwrapped one (parameter names without ``_orig_mod.`` need ``False``)."""
+        compiled = model if hasattr(model, "_orig_mod") else None
+        inner: Any = model._orig_mod if compiled is not None else model
         if not keep_fp32_wrapper:
-            unpatch_forward(model)
-        inner: Any = self.accelerator.hooks.unwrap_model(self.accelerator, model, keep_fp32_wrapper)
+            unpatch_forward(inner)
+        inner = self.accelerator.hooks.unwrap_model(self.accelerator, inner, keep_fp32_wrapper)
+        while isinstance(inner, torch.nn.DataParallel) or hasattr(inner, "_orig_mod"):
+            inner = inner.module if isinstance(inner, torch.nn.DataParallel) else inner._orig_mod
         if not keep_fp32_wrapper:
-            unpatch_forward(getattr(inner, "_orig_mod", inner))
-        if not keep_torch_compile and hasattr(inner, "_orig_mod"):
-            inner = inner._orig_mod
+            unpatch_forward(inner)
+        if compiled is not None and keep_torch_compile:
+            return inner if inner is compiled._orig_mod else _compiled_like(compiled, inner)
         return inner
+
+    def init_module(self, empty_init: bool | None = None) -> AbstractContextManager[Any]:
+        """A context to build models in, the way the backend wants them built (on the device; partitioned
+        or on the meta device where the backend shards them); ``empty_init=True`` skips initialisation."""
+        return self.accelerator.hooks.init_module(self.accelerator, empty_init)
+
+    def skip_first_batches(self, dataloader: Any, num_batches: int = 0) -> Any:
+        """A dataloader whose next pass starts after ``num_batches`` batches (for resuming mid-epoch)."""
+        from plait.data.skipping import skip_first_batches
+
+        return skip_first_batches(dataloader, num_batches)
+
+    def join_uneven_inputs(self, joinables: list[Any], even_batches: bool | None = None) -> AbstractContextManager[Any]:
+        """HF Accelerate's ``join_uneven_inputs``: train on uneven inputs across processes with
+        ``torch.distributed.algorithms.Join`` (DistributedDataParallel models keep shadowing the
+        collectives of processes that ran out of batches). ``even_batches`` overrides the prepared
+        dataloaders' for the duration."""
+        from plait.data.joining import join_uneven_inputs
+
+        return join_uneven_inputs(self.accelerator, joinables, even_batches)
 
     def free_memory(self, *objects: Any) -> list[None]:
         """Drop the references this accelerator holds, collect garbage, empty device caches."""
@@ -145,17 +176,31 @@ class Preparer:
         return objects_freed
 
 
-def kind_of(obj: Any) -> str:
-    """``"model"``, ``"optimizer"``, ``"scheduler"`` or ``"dataloader"``; a ``TypeError`` for anything else."""
+def _compiled_like(compiled: Any, module: torch.nn.Module) -> Any:
+    """``module`` compiled as ``compiled`` was (same backend and options; compiling is lazy, so this is cheap)."""
+    import torch._dynamo.eval_frame as eval_frame
+
+    return eval_frame.OptimizedModule(module, compiled.dynamo_ctx)
+
+
+def kind_of(obj: Any, strict: bool = True) -> str:
+    """``"model"``, ``"optimizer"``, ``"scheduler"`` or ``"dataloader"``; for anything else a ``TypeError``,
+    or ``"other"`` when not ``strict``."""
     if isinstance(obj, torch.nn.Module):
         return "model"
-    if isinstance(obj, torch.optim.Optimizer):
+    from plait.utils.backend_plugins import DummyOptim, DummyScheduler
+
+    if isinstance(obj, (torch.optim.Optimizer, DummyOptim)):
         return "optimizer"
+    if isinstance(obj, DummyScheduler):
+        return "scheduler"
     if isinstance(obj, (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau,
                         AcceleratedScheduler)):
         return "scheduler"
     if isinstance(obj, torch.utils.data.DataLoader):
         return "dataloader"
+    if not strict:
+        return "other"
     raise TypeError(
         f"prepare() got an object of type {type(obj).__module__}.{type(obj).__qualname__}: "
         f"expected {_ACCEPTED} (or a list of them passed one by one)"

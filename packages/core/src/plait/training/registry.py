@@ -34,6 +34,11 @@ class PreparedRegistry:
     def dataloaders(self) -> tuple[Any, ...]:
         return tuple(self._objects["dataloader"])
 
+    @property
+    def optimizer_step_was_skipped(self) -> bool:
+        """Whether the last step of a prepared optimizer was skipped (fp16 found inf or nan gradients)."""
+        return any(getattr(opt, "step_was_skipped", False) for opt in self.optimizers)
+
     def __contains__(self, obj: object) -> bool:
         """Whether ``obj`` itself (not an equal object) is one of the prepared ones."""
         return any(obj is seen for objects in self._objects.values() for seen in objects)

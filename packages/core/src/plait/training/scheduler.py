@@ -38,6 +38,8 @@ class AcceleratedScheduler:
             self.scheduler.step(*args, **kwargs)
             return
         if not self.gradient_state.sync_gradients:
+            if self.gradient_state.adjust_scheduler:
+                self.scheduler._step_count += 1
             return
         if any(getattr(opt, "step_was_skipped", False) for opt in self.optimizers):
             return
