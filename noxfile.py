@@ -11,7 +11,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["lint", "core", "ddp", "cli", "fsdp", "zero", "trackers", "all"]
+nox.options.sessions = ["lint", "core", "ddp", "cli", "fsdp", "zero", "trackers", "examples", "all"]
 nox.options.reuse_existing_virtualenvs = True
 
 CONSTRAINTS = ("-c", "constraints.txt")
@@ -76,6 +76,19 @@ def trackers(session: nox.Session) -> None:
     """
     session.install(*CONSTRAINTS, "-e", "packages/core", "-e", "packages/ddp", *TRACKERS, "pytest", "pillow")
     session.run("pytest", "tests/trackers", *session.posargs)
+
+
+@nox.session(python="3.11")
+def examples(session: nox.Session) -> None:
+    """examples/by_feature (HF Accelerate's scripts, for plait) run as a user runs them: `python script.py` and
+    `plait launch --num_processes 2 --cpu script.py`, each checked against its numbers.
+
+    TensorBoard for tracking.py, schedulefree for schedule_free.py; the fsdp and deepspeed scripts are tested in
+    the fsdp and zero sessions.
+    """
+    session.install(*CONSTRAINTS, "-e", "packages/core", "-e", "packages/ddp", "-e", "packages/cli",
+                    "-e", "packages/trackers[tensorboard]", "schedulefree", "pytest")
+    session.run("pytest", "tests/examples", *session.posargs)
 
 
 @nox.session(python="3.11")

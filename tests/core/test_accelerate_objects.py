@@ -387,3 +387,29 @@ def test_every_name_accelerate_exports_at_its_top_level_and_in_utils_resolves():
     from plait.state import AcceleratorState, GradientState, PartialState
 
     assert callable(get_logger) and LocalSGD and AcceleratorState and GradientState and PartialState
+
+
+def test_use_stateful_dataloader_resumes_mid_epoch_after_load_state(tmp_path: Path):
+    def loader_run(stateful: bool) -> tuple[list[list[int]], list[list[int]]]:
+        config = DataLoaderConfiguration(use_stateful_dataloader=stateful)
+        torch.manual_seed(3)
+        accelerator = Accelerator(cpu=True, dataloader_config=config)
+        loader = accelerator.prepare(DataLoader(list(range(12)), batch_size=2, shuffle=True))
+        full = [b.tolist() for b in loader]  # epoch 0
+        seen = []
+        for i, batch in enumerate(loader):  # epoch 1, interrupted after 2 batches
+            seen.append(batch.tolist())
+            if i == 1:
+                accelerator.save_state(tmp_path / f"mid-{stateful}")
+                break
+        torch.manual_seed(99)
+        again = Accelerator(cpu=True, dataloader_config=config)
+        resumed = again.prepare(DataLoader(list(range(12)), batch_size=2, shuffle=True))
+        again.load_state(tmp_path / f"mid-{stateful}")
+        return seen + [b.tolist() for b in resumed], full
+
+    epoch, first = loader_run(stateful=True)
+    assert len(epoch) == 6 and sorted(x for b in epoch for x in b) == list(range(12))
+    assert epoch != first  # epoch 1's own order, continued where it stopped
+    plain, _ = loader_run(stateful=False)
+    assert len(plain) == 8  # without it, Accelerate's protocol: the pass restarts (skip_first_batches is the user's)

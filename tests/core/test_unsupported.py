@@ -15,7 +15,9 @@ CLOSEST = {
     "TorchTensorParallelConfig": "fsdp", "TorchContextParallelConfig": "fsdp", "DeepSpeedSequenceParallelConfig": "zero",
     "ParallelismConfig": "ddp", "convert_model": "bf16", "has_transformer_engine_layers": "bf16",
     "contextual_fp8_autocast": "bf16", "apply_fp8_autowrap": "bf16", "load_and_quantize_model": "quantization_config",
-    "prepare_pippy": "fsdp",
+    "prepare_pippy": "fsdp", "MegatronLMDummyScheduler": "fsdp", "MegatronLMDummyDataLoader": "fsdp",
+    "AbstractTrainStep": "fsdp", "GPTTrainStep": "fsdp", "BertTrainStep": "fsdp", "T5TrainStep": "fsdp",
+    "avg_losses_across_data_parallel_group": "reduce",
 }
 
 

@@ -142,8 +142,9 @@ def test_accelerate_fsdp_flags_that_contradict_or_are_not_valid_are_refused(monk
     code, message, _ = _launch(monkeypatch, "--use_fsdp", "--fsdp_sharding_strategy", "HALF_SHARD")
     assert code == 2 and "'HALF_SHARD' is not valid: expected one of FULL_SHARD, SHARD_GRAD_OP" in message
 
-    code, message, _ = _launch(monkeypatch, "--use_deepspeed", "--fsdp_offload_params", "true")
-    assert code == 2 and "--fsdp_offload_params sets options of the fsdp backend, but backend zero runs" in message
+    # ddp is installed in every session that has fsdp (zero is not).
+    code, message, _ = _launch(monkeypatch, "--multi_gpu", "--num_processes", "2", "--fsdp_offload_params", "true")
+    assert code == 2 and "--fsdp_offload_params sets options of the fsdp backend, but backend ddp runs" in message
 
     with pytest.warns(UserWarning, match="always runs FSDP2"):
         code, message, _ = _launch(monkeypatch, "--use_fsdp", "--fsdp_version", "1")

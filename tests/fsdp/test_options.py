@@ -64,6 +64,12 @@ def test_an_accelerate_config_file_becomes_fsdp_options(tmp_path: Path, monkeypa
     assert options.state_dict_type == "FULL_STATE_DICT"
     assert dict(options.ignored) == {"backward_prefetch": "BACKWARD_PRE", "forward_prefetch": False,
                                      "sync_module_states": True, "use_orig_params": True, "version": 2}
+    # As HF Accelerate builds one from its launcher's settings: accelerator.state.fsdp_plugin describes the run.
+    plugin = accelerator.state.fsdp_plugin
+    assert plugin is accelerator.fsdp_plugin and plugin.fsdp_version == 2
+    assert plugin.transformer_cls_names_to_wrap == ("BertLayer", "BertAttention")
+    assert (plugin.reshard_after_forward, plugin.state_dict_type) == (False, "FULL_STATE_DICT")
+    assert str(accelerator.distributed_type) == "FSDP"
 
 
 def test_the_plait_fsdp_variable_and_arguments_merge(monkeypatch: pytest.MonkeyPatch) -> None:

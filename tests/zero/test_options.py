@@ -220,6 +220,10 @@ def test_accelerator_refuses_bad_options_at_construction() -> None:
     assert isinstance(accelerator.backend_options, ZeroOptions)
     assert accelerator.backend_options.offload_optimizer_device == "cpu"
     assert str(accelerator.distributed_type) == "DEEPSPEED"
+    # As HF Accelerate builds one from `accelerate launch --use_deepspeed`: the state shows the DeepSpeed config.
+    plugin = accelerator.state.deepspeed_plugin
+    assert plugin is accelerator.deepspeed_plugin and plugin.zero_stage == 3
+    assert plugin.deepspeed_config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert accelerator.scaler is None
     with pytest.raises(RuntimeError, match=r"pass the model and its optimizer to accelerator\.prepare"):
         import torch

@@ -123,8 +123,8 @@ class Accelerator:
         self.collectives: Collectives = hooks.collectives(self.config, environment, device)
         self.process = ProcessState(environment, device, self.collectives)
         self.gradient_state = GradientState(self.config.gradient_accumulation_steps, objects.accumulation)
-        self.dataloader_config, self.dynamo_plugin = objects.settled(self.config)
-        self.fsdp_plugin, self.deepspeed_plugins = objects.fsdp_plugin, objects.deepspeed_plugins
+        self.dataloader_config, self.dynamo_plugin, self.fsdp_plugin, self.deepspeed_plugins = objects.settled(
+            self.config, self.backend, self.backend_options)
         self.precision: Precision = hooks.precision(self)
         self.distributed_type = hooks.distributed_type(self)
         self.prepared = PreparedRegistry()

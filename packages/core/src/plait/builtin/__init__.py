@@ -164,6 +164,7 @@ def plait_wrap_dataloader(accelerator: Accelerator, dataloader: Any) -> Any:
         even_batches=accelerator.even_batches,
         dispatch_batches=accelerator.config.dispatch_batches,
         data_seed=accelerator.config.data_seed,
+        stateful=bool(accelerator.dataloader_config.use_stateful_dataloader),
         share=accelerator.collectives.broadcast_object_list,
     )
     place = accelerator.hooks.batch_placer(accelerator, dataloader)

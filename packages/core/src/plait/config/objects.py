@@ -33,8 +33,6 @@ _FSDP_SAME = ("reshard_after_forward", "activation_checkpointing", "cpu_ram_effi
               "use_orig_params", "sync_module_states", "forward_prefetch", "backward_prefetch", "limit_all_gathers")
 _FSDP_REFUSED = {
     "param_init_fn": "build the model under accelerator.init_module() (or pass fsdp cpu_ram_efficient_loading=True)",
-    "state_dict_config": "set state_dict_type='FULL_STATE_DICT' or 'SHARDED_STATE_DICT'",
-    "optim_state_dict_config": "set state_dict_type='FULL_STATE_DICT' or 'SHARDED_STATE_DICT'",
     "ignored_modules": "freeze those modules (requires_grad_(False)) instead",
 }
 
@@ -56,14 +54,19 @@ class AccelerateObjects:
     deepspeed_plugins: dict[str, Any] = field(default_factory=dict)
     dynamo_plugin: Any = None
 
-    def settled(self, config: Any) -> tuple[Any, Any]:
-        """The ``DataLoaderConfiguration`` and ``TorchDynamoPlugin`` of the run: those given, else built from
-        the resolved ``config``."""
+    def settled(self, config: Any, backend: str, options: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
+        """The run's ``DataLoaderConfiguration``, ``TorchDynamoPlugin``, ``FullyShardedDataParallelPlugin``
+        and ``deepspeed_plugins``: those given, else built from the resolved ``config`` and the backend's
+        ``options`` (as HF Accelerate builds them from ``accelerate launch``'s flags)."""
+        from plait.utils.backend_plugins import plugins_of_the_run
         from plait.utils.dataclasses import DataLoaderConfiguration, TorchDynamoPlugin
 
         names = ("split_batches", "even_batches", "non_blocking", "use_seedable_sampler", "dispatch_batches", "data_seed")
         loader = self.dataloader_config or DataLoaderConfiguration(**{name: getattr(config, name) for name in names})
-        return loader, self.dynamo_plugin or TorchDynamoPlugin(backend=config.dynamo_backend)
+        dynamo = self.dynamo_plugin or TorchDynamoPlugin(backend=config.dynamo_backend)
+        fsdp, deepspeed = plugins_of_the_run(backend, options, self.fsdp_plugin, self.deepspeed_plugins,
+                                             config.gradient_accumulation_steps)
+        return loader, dynamo, fsdp, deepspeed
 
     def check_backend(self, backend: str) -> None:
         """Refuse handlers the chosen ``backend`` cannot honour, naming the field and the backend. With one
@@ -241,6 +244,7 @@ def fsdp_section(plugin: Any) -> dict[str, Any]:
         section["sharding_strategy"] = _enum_name(plugin.sharding_strategy)
     if plugin.state_dict_type is not None:
         section["state_dict_type"] = _enum_name(plugin.state_dict_type)
+    _state_dict_configs(plugin, section)
     policy = plugin.auto_wrap_policy
     if policy is not None:
         if callable(policy):
@@ -264,6 +268,31 @@ def fsdp_section(plugin: Any) -> dict[str, Any]:
     from plait.config.accelerate_files import fsdp_section as accelerate_keys
 
     return accelerate_keys(section)
+
+
+def _state_dict_configs(plugin: Any, section: dict[str, Any]) -> None:
+    """torch's ``FullStateDictConfig``/``ShardedStateDictConfig`` (and the optimizer's) say which state dict
+    type they configure: FULL or SHARDED, the same for both, and agreeing with ``state_dict_type``. Their
+    options (``offload_to_cpu``, ``rank0_only``) are what plait's fsdp backend always does: full state dicts
+    are gathered to the CPU of the main process."""
+    for name in ("state_dict_config", "optim_state_dict_config"):
+        config = getattr(plugin, name)
+        if config is None:
+            continue
+        kind = type(config).__name__
+        wanted = "FULL_STATE_DICT" if kind.startswith("Full") else "SHARDED_STATE_DICT" if kind.startswith("Sharded") \
+            else None
+        if wanted is None:
+            raise ConfigError(
+                f"fsdp_plugin.{name}={kind}(...) is not supported by backend 'fsdp': pass torch's Full... or "
+                f"Sharded...StateDictConfig, or set state_dict_type='FULL_STATE_DICT' or 'SHARDED_STATE_DICT'"
+            )
+        chosen = section.setdefault("state_dict_type", wanted)
+        if str(chosen).upper() != wanted:
+            raise ConfigError(
+                f"fsdp_plugin.{name}={kind}(...) configures {wanted}, but state_dict_type={chosen!r}: make them "
+                f"agree (or drop {name})"
+            )
 
 
 def _fsdp_mixed_precision(policy: Any) -> dict[str, Any]:

@@ -38,6 +38,10 @@ class ShardLayout:
     dispatch_batches: bool = False
     #: The shuffling seed (``DataLoaderConfiguration(data_seed=...)``); ``None``: drawn at prepare.
     data_seed: int | None = None
+    #: ``DataLoaderConfiguration(use_stateful_dataloader=True)``: after ``load_state_dict`` the next pass
+    #: resumes after the batches the saved pass had consumed (torchdata's ``StatefulDataLoader``'s way),
+    #: so no ``skip_first_batches`` is needed.
+    stateful: bool = False
     #: ``share([obj])`` returns rank 0's objects on every process (a broadcast).
     share: Callable[[list[Any]], list[Any]] | None = None
 
@@ -268,9 +272,12 @@ class DataLoaderShard(DataLoader[Any]):
         return {"epoch": self.epoch, "position": self.position, "seed": -1 if self.seed is None else self.seed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Restore :meth:`state_dict`: the next pass is the saved epoch, in its saved order."""
+        """Restore :meth:`state_dict`: the next pass is the saved epoch, in its saved order (with
+        ``stateful``, from the saved position on)."""
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
+        if self.layout.stateful:
+            self._skip = self.position
         seed = int(state["seed"])
         if seed >= 0 and self._skippable is not None:
             self.seed = seed

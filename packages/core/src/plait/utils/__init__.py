@@ -62,7 +62,8 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "get_balanced_memory", "get_max_memory",
     ),
     "plait.utils.unsupported": (
-        "MegatronLMPlugin", "FP8RecipeKwargs", "AORecipeKwargs", "TERecipeKwargs", "MSAMPRecipeKwargs",
+        "MegatronLMPlugin", "MegatronLMDummyScheduler", "MegatronLMDummyDataLoader", "AbstractTrainStep",
+        "GPTTrainStep", "BertTrainStep", "T5TrainStep", "avg_losses_across_data_parallel_group", "FP8RecipeKwargs", "AORecipeKwargs", "TERecipeKwargs", "MSAMPRecipeKwargs",
         "BnbQuantizationConfig", "TorchTensorParallelPlugin", "TorchTensorParallelConfig",
         "TorchContextParallelConfig", "DeepSpeedSequenceParallelConfig", "convert_model",
         "has_transformer_engine_layers", "contextual_fp8_autocast", "apply_fp8_autowrap",

@@ -131,13 +131,13 @@ class DeepSpeedPlugin:
             self.hf_ds_config = None
             self.deepspeed_config = self._built_config()
         self.deepspeed_config.setdefault("zero_optimization", {})
-        for name, path in _CONFIG_PATHS.items():
+        for name, where in _CONFIG_PATHS.items():
             # As HF Accelerate: a value the JSON sets wins over the field; the field fills a missing or "auto" one.
-            found = _get(self.deepspeed_config, path)
+            found = _get(self.deepspeed_config, where)
             if found is not None and found != "auto":
                 setattr(self, name, float(found) if name == "gradient_clipping" else found)
             elif getattr(self, name) is not None:
-                _set(self.deepspeed_config, path, getattr(self, name))
+                _set(self.deepspeed_config, where, getattr(self, name))
         if self.zero3_init_flag is None and self.zero_stage is not None:
             self.zero3_init_flag = self.zero_stage == 3  # Accelerate's default: on under ZeRO-3
         self.deepspeed_config["steps_per_print"] = float("inf")
@@ -230,3 +230,39 @@ def refuse_dummy(obj: Any, backend: str) -> None:
             f"{backend!r} does not build: pass a torch {kind}, or run backend 'zero' (--use_deepspeed) with a "
             f"DeepSpeed config that has an {kind!r} block"
         )
+
+
+#: ``zero:`` option -> ``DeepSpeedPlugin`` field.
+_ZERO_FIELDS = {
+    "stage": "zero_stage", "offload_optimizer_device": "offload_optimizer_device",
+    "offload_param_device": "offload_param_device", "offload_optimizer_nvme_path": "offload_optimizer_nvme_path",
+    "offload_param_nvme_path": "offload_param_nvme_path", "gradient_clipping": "gradient_clipping",
+    "zero3_init": "zero3_init_flag", "save_16bit_model": "zero3_save_16bit_model", "config_file": "hf_ds_config",
+}
+#: ``fsdp:`` option -> ``FullyShardedDataParallelPlugin`` field.
+_FSDP_FIELDS = {
+    "auto_wrap_policy": "auto_wrap_policy", "transformer_layer_cls_to_wrap": "transformer_cls_names_to_wrap",
+    "min_num_params": "min_num_params", "reshard_after_forward": "reshard_after_forward",
+    "offload_params": "cpu_offload", "activation_checkpointing": "activation_checkpointing",
+    "cpu_ram_efficient_loading": "cpu_ram_efficient_loading", "state_dict_type": "state_dict_type",
+}
+
+
+def plugins_of_the_run(backend: str, options: Any, fsdp_plugin: Any, deepspeed_plugins: dict[str, Any],
+                       accumulation_steps: int) -> tuple[Any, dict[str, Any]]:
+    """``accelerator.fsdp_plugin`` and ``deepspeed_plugins``: those passed, else, as HF Accelerate builds them
+    when ``accelerate launch --use_fsdp/--use_deepspeed`` started the run, plugins describing the backend's
+    options (so that ``accelerator.state.deepspeed_plugin.deepspeed_config`` shows the DeepSpeed config)."""
+    if backend == "fsdp" and fsdp_plugin is None and options is not None:
+        values = {field: getattr(options, key) for key, field in _FSDP_FIELDS.items() if hasattr(options, key)}
+        fsdp_plugin = FullyShardedDataParallelPlugin(fsdp_version=2, **values)
+    if backend == "zero" and not deepspeed_plugins and options is not None:
+        named = getattr(options, "plugins", None) or {"default": options}
+        for name, entry in named.items():
+            values = {field: getattr(entry, key) for key, field in _ZERO_FIELDS.items()
+                      if getattr(entry, key, None) is not None}
+            deepspeed_plugins[name] = DeepSpeedPlugin(gradient_accumulation_steps=accumulation_steps, **values)
+        selected = getattr(options, "selected", None)
+        for name, plugin in deepspeed_plugins.items():
+            plugin.selected = name == (selected if selected in deepspeed_plugins else next(iter(deepspeed_plugins)))
+    return fsdp_plugin, deepspeed_plugins

@@ -277,7 +277,9 @@ class DataLoaderConfiguration:
     ``dispatch_batches=None`` and ``data_seed=None`` leave the config's value. plait's prepared
     dataloaders always draw a seeded order that every process shares and a checkpoint resumes;
     ``use_seedable_sampler`` is accepted for that reason, ``data_seed`` fixes the seed.
-    ``use_stateful_dataloader`` needs nothing: prepared dataloaders are stateful already.
+    ``use_stateful_dataloader=True`` needs no torchdata: ``load_state`` makes a prepared dataloader's next
+    pass resume where the saved one stopped, as a ``StatefulDataLoader`` does (without it, call
+    ``skip_first_batches``, Accelerate's protocol).
     """
 
     split_batches: bool = False

@@ -30,6 +30,36 @@ class MegatronLMPlugin(_NotSupported):
     _alternative = "Megatron-LM is not integrated; " + _SHARD
 
 
+class MegatronLMDummyScheduler(_NotSupported):
+    _alternative = "Megatron-LM is not integrated; use a torch scheduler with backend fsdp or zero"
+
+
+class MegatronLMDummyDataLoader(_NotSupported):
+    _alternative = "Megatron-LM is not integrated; use a torch DataLoader with backend fsdp or zero"
+
+
+class AbstractTrainStep(_NotSupported):
+    _alternative = "Megatron-LM is not integrated; write the training step as a plain loop with backend fsdp or zero"
+
+
+class GPTTrainStep(AbstractTrainStep):
+    pass
+
+
+class BertTrainStep(AbstractTrainStep):
+    pass
+
+
+class T5TrainStep(AbstractTrainStep):
+    pass
+
+
+def avg_losses_across_data_parallel_group(*args: Any, **kwargs: Any) -> NoReturn:
+    """Not supported: Megatron-LM."""
+    raise not_supported("avg_losses_across_data_parallel_group", "Megatron-LM is not integrated; use "
+                        "accelerator.reduce(loss, 'mean')")
+
+
 class FP8RecipeKwargs(_NotSupported):
     _alternative = _BF16
 
