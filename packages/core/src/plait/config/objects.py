@@ -9,7 +9,6 @@ backend is imported: each backend's options check its section.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -365,7 +364,3 @@ def _deepspeed(plugins: Any, out: AccelerateObjects) -> None:
         out.arguments["gradient_accumulation_steps"] = steps
     out.backend = ("zero", "deepspeed_plugin")
 
-
-def field_values(obj: Any) -> dict[str, Any]:
-    """The fields of a dataclass object, for messages."""
-    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}

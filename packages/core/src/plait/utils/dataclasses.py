@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import enum
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -340,7 +340,3 @@ from plait.utils.backend_plugins import (  # noqa: E402  (Accelerate has them in
     get_active_deepspeed_plugin,
 )
 
-
-def field_names(obj: object) -> list[str]:
-    """The dataclass fields of ``obj``, for messages."""
-    return [f.name for f in fields(obj)]  # type: ignore[arg-type]
