@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -133,7 +134,9 @@ def test_the_job_exit_code_is_the_command_exit_code(tmp_path):
 
 
 def test_ctrl_c_stops_every_worker(tmp_path):
-    launcher = start_plait("launch", "--num-processes", "2", str(SCRIPTS / "sleep_forever.py"), str(tmp_path))
+    # PYTHONFAULTHANDLER: should the launcher hang, SIGABRT makes it print every thread's stack.
+    launcher = start_plait("launch", "--num-processes", "2", str(SCRIPTS / "sleep_forever.py"), str(tmp_path),
+                           env={"PYTHONFAULTHANDLER": "1"})
     deadline = time.monotonic() + 120
     while len(list(tmp_path.glob("*.pid"))) < 2:
         assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()[0]
@@ -141,12 +144,29 @@ def test_ctrl_c_stops_every_worker(tmp_path):
     pids = [int(p.read_text()) for p in tmp_path.glob("*.pid")]
 
     launcher.send_signal(signal.SIGINT)
-    output, _ = launcher.communicate(timeout=60)
+    try:
+        output, _ = launcher.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        alive = launcher.poll() is None
+        if alive:
+            launcher.send_signal(signal.SIGABRT)
+        output, _ = launcher.communicate(timeout=30)
+        live_workers = [pid for pid in pids if _alive(pid)]
+        pytest.fail(f"plait launch did not end 60 s after SIGINT (launcher still running: {alive}, "
+                    f"workers still running: {live_workers}); its output:\n{output}")
 
     assert launcher.returncode == 128 + signal.SIGINT, output
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_a_backend_that_owns_launching_launches_with_its_own_flags(tmp_path, plugin_site):

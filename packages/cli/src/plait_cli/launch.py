@@ -377,7 +377,11 @@ def execute(plan: LaunchPlan, pm: pluggy.PluginManager) -> int:
         return 128 - code if code < 0 else (code or 1)
     except SignalException as exc:
         print(f"plait launch: stopped by {exc.sigval.name}; every worker was stopped", file=sys.stderr)
-        return 128 + int(exc.sigval)
+        # The job is over and its workers are gone: leave now. Python's teardown of torch's rendezvous store
+        # and threads, which never matters after a signal, once kept a stopped launcher alive in CI.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + int(exc.sigval))
     except KeyboardInterrupt:
         return 130
     return 0
