@@ -41,5 +41,14 @@ def start_plait(*args: str, env: Mapping[str, str] | None = None) -> subprocess.
                             text=True)
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def read_report(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))

@@ -17,7 +17,7 @@ import torch
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
-from cli_helpers import SCRIPTS, free_port, plait, read_report, start_plait
+from cli_helpers import SCRIPTS, alive, free_port, plait, read_report, start_plait
 
 from plait.config import resolve_config
 from plait_cli.cli_state import CliState
@@ -147,26 +147,18 @@ def test_ctrl_c_stops_every_worker(tmp_path):
     try:
         output, _ = launcher.communicate(timeout=60)
     except subprocess.TimeoutExpired:
-        alive = launcher.poll() is None
-        if alive:
+        running = launcher.poll() is None
+        if running:
             launcher.send_signal(signal.SIGABRT)
         output, _ = launcher.communicate(timeout=30)
-        live_workers = [pid for pid in pids if _alive(pid)]
-        pytest.fail(f"plait launch did not end 60 s after SIGINT (launcher still running: {alive}, "
+        live_workers = [pid for pid in pids if alive(pid)]
+        pytest.fail(f"plait launch did not end 60 s after SIGINT (launcher still running: {running}, "
                     f"workers still running: {live_workers}); its output:\n{output}")
 
     assert launcher.returncode == 128 + signal.SIGINT, output
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_a_backend_that_owns_launching_launches_with_its_own_flags(tmp_path, plugin_site):
@@ -282,15 +274,14 @@ def test_the_workers_environment_resolves_to_the_launchers_config(state, tmp_pat
 def test_torchrun_arguments_for_each_rendezvous(state):
     single = plan_for(state, flags={"num_processes": 2})
     assert single.torchrun_args[:4] == ["--nnodes", "1", "--nproc-per-node", "2"]
-    assert "--master-port" not in single.torchrun_args  # torchrun picks a free local port
+    assert single.torchrun_args[single.torchrun_args.index("--rdzv-endpoint") + 1] == "127.0.0.1:0"  # a free port
 
     machines = plan_for(state, flags={"num_processes": 8, "num_machines": 2, "machine_rank": 1,
                                       "main_process_ip": "10.0.0.1"})
     args = machines.torchrun_args
     assert args[args.index("--nproc-per-node") + 1] == "4"
-    assert args[args.index("--node-rank") + 1] == "1"
-    assert args[args.index("--master-addr") + 1 : args.index("--master-addr") + 4] == ["10.0.0.1", "--master-port",
-                                                                                        "29500"]
+    assert args[args.index("--rdzv-conf") + 1] == "machine_rank=1"  # plait-static's fixed machine rank
+    assert args[args.index("--rdzv-endpoint") + 1] == "10.0.0.1:29500"
 
     elastic = plan_for(state, rdzv_backend="c10d", flags={"num_processes": 4, "num_machines": 2,
                                                           "main_process_ip": "head", "main_process_port": 1234})

@@ -158,7 +158,7 @@ def test_a_crash_while_overwriting_leaves_the_previous_checkpoint(tmp_path: Path
     accelerator = Accelerator()
     model = accelerator.prepare(nn.Linear(3, 3))
     restored: dict[str, int] = {}
-    accelerator.register_for_checkpointing(StateHolder(restored))
+    accelerator.register_for_checkpointing(DiesWhenSaved(restored))
     accelerator.load_state(path)
     assert restored == {"value": 1}
     assert torch.all(model.weight == 1.0)
@@ -167,7 +167,9 @@ def test_a_crash_while_overwriting_leaves_the_previous_checkpoint(tmp_path: Path
     assert not list(tmp_path.glob(f".ckpt{TMP_MARK}*"))
 
 
-class StateHolder:
+class DiesWhenSaved:
+    """The class the script registered (its name is recorded and checked when loading), without its bomb."""
+
     def __init__(self, into: dict[str, int]) -> None:
         self.into = into
 

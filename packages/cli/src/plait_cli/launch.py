@@ -5,7 +5,7 @@ that is not installed, a bad backend option) is refused here, before any process
 starts. The workers receive the resolved config as ``PLAIT_*`` variables
 (:meth:`plait.config.Config.to_environ`). A backend may own launching
 (``plait_launch``); otherwise ``torch.distributed.run`` (torchrun's agent) runs the
-job: rendezvous, restarts, multi-node, and Ctrl-C stopping every worker.
+job (:mod:`plait_cli.torchrun`): rendezvous, restarts, multi-node, and Ctrl-C or SIGTERM stopping every worker.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from plait_cli.launch_flags import (
     paradigm_backend,
     spell_both_ways,
 )
+from plait_cli.preemption import DEFAULT_GRACE, GRACE_VARIABLE, grace_seconds
+from plait_cli.torchrun import torchrun_args
 
 #: Flags that set top-level config keys, by parameter name.
 CONFIG_FLAGS = (
@@ -113,7 +115,14 @@ def build_launch_command(pm: pluggy.PluginManager) -> click.Command:
         epilog=(
             "HF Accelerate's `accelerate launch` flags work too, as Accelerate spells them: --num_processes, "
             "--multi_gpu, --use_fsdp, --use_deepspeed, --zero_stage, --fsdp_sharding_strategy... Those plait "
-            "cannot honour (--tpu, --use_megatron_lm, --fp8_backend...) are refused with what to use instead."
+            "cannot honour (--tpu, --use_megatron_lm, --fp8_backend...) are refused with what to use instead.\n\n"
+            "With --max-restarts N, the workers of every machine are restarted together after a failure (each "
+            "restart a new rendezvous; TORCHELASTIC_RESTART_COUNT tells them which), to resume from their own "
+            "checkpoint.\n\n"
+            f"Preemption: on SIGTERM (SLURM, a Kubernetes eviction, a spot reclaim) every worker gets SIGTERM and "
+            f"{GRACE_VARIABLE} seconds (default {DEFAULT_GRACE}) to finish its step and save before it is killed; "
+            f"the launcher then exits with 143. Under SLURM, machine 0's launcher then requeues the job with "
+            f"`scontrol requeue` if it is requeueable (sbatch --requeue): give SLURM's KillWait more than the grace."
         ),
         short_help="Run a training script on every process of the job.",
         context_settings={"allow_interspersed_args": False},
@@ -158,6 +167,8 @@ class LaunchPlan:
     env: dict[str, str]
     nproc_per_node: int
     quiet: bool = False
+    #: The SLURM job that machine 0's launcher requeues after a SIGTERM (``SLURM_JOB_ID``), if any.
+    requeue_job: str | None = None
 
 
 _fail = fail
@@ -250,8 +261,14 @@ def make_plan(request: LaunchRequest, pm: pluggy.PluginManager, environ: Mapping
         env["CUDA_VISIBLE_DEVICES"] = request.gpu_ids
     if request.cpu_threads is not None:
         env["OMP_NUM_THREADS"] = str(request.cpu_threads)
+    try:
+        grace = grace_seconds(environ)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     nproc = num_processes // config.num_machines
-    return LaunchPlan(config, command, _torchrun_args(request, config, nproc), env, nproc, request.quiet)
+    requeue_job = environ.get("SLURM_JOB_ID") if config.machine_rank == 0 else None
+    return LaunchPlan(config, command, torchrun_args(request, config, nproc, grace), env, nproc, request.quiet,
+                      requeue_job or None)
 
 
 def _check_sections(request: LaunchRequest, backend: str, why: str) -> None:
@@ -310,49 +327,6 @@ def _command(request: LaunchRequest) -> list[str]:
     return [request.script, *request.script_args]
 
 
-def _torchrun_args(request: LaunchRequest, config: Any, nproc: int) -> list[str]:
-    args = [
-        "--nnodes", str(config.num_machines),
-        "--nproc-per-node", str(nproc),
-        "--node-rank", str(config.machine_rank),
-        "--max-restarts", str(request.max_restarts),
-        "--monitor-interval", str(request.monitor_interval),
-    ]
-    port = config.main_process_port
-    if request.rdzv_backend == "c10d":
-        endpoint = f"{config.main_process_ip or 'localhost'}:{port if port is not None else 29500}"
-        if config.num_machines == 1 and port is None:
-            endpoint = "localhost:0"
-        args += ["--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", os.environ.get("SLURM_JOB_ID", "plait")]
-    elif config.num_machines > 1 or port is not None:
-        args += ["--rdzv-backend", "static", "--master-addr", config.main_process_ip or "127.0.0.1",
-                 "--master-port", str(port if port is not None else 29500)]
-    # One machine and no port: torchrun's c10d rendezvous on a free local port.
-    if request.rdzv_conf:
-        args += ["--rdzv-conf", request.rdzv_conf]
-    if request.role:
-        args += ["--role", request.role]
-    if request.log_dir is not None:
-        args += ["--log-dir", request.log_dir]
-    if request.tee is not None:
-        _check_tee(request.tee)
-        args += ["--tee", request.tee]
-    if request.module:
-        args.append("--module")
-    if request.no_python:
-        args.append("--no-python")
-    return [*args, request.script, *request.script_args]
-
-
-def _check_tee(tee: str) -> None:
-    from torch.distributed.elastic.multiprocessing import Std
-
-    try:
-        Std.from_str(tee)
-    except ValueError:
-        raise _fail(f"--tee {tee!r} is not valid: expected 0, 1, 2 or 3, or per local rank as 0:3,1:1") from None
-
-
 def execute(plan: LaunchPlan, pm: pluggy.PluginManager) -> int:
     """Run the job; return its exit code (the first failed worker's, 128+N for a signal N)."""
     os.environ.update(plan.env)
@@ -361,27 +335,6 @@ def execute(plan: LaunchPlan, pm: pluggy.PluginManager) -> int:
     owned = Hooks(pm).launch(plan.config, plan.command)
     if owned is not None:
         return int(owned)
+    from plait_cli.torchrun import run_job
 
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
-
-    arguments = get_args_parser().parse_args(plan.torchrun_args)
-    try:
-        run(arguments)
-    except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
-        detail = "" if plan.quiet else f"\n{exc.format_msg()}"
-        print(f"plait launch: worker rank {rank} failed with exit code {failure.exitcode}{detail}", file=sys.stderr)
-        code = failure.exitcode
-        return 128 - code if code < 0 else (code or 1)
-    except SignalException as exc:
-        print(f"plait launch: stopped by {exc.sigval.name}; every worker was stopped", file=sys.stderr)
-        # The job is over and its workers are gone: leave now. Python's teardown of torch's rendezvous store
-        # and threads, which never matters after a signal, once kept a stopped launcher alive in CI.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(128 + int(exc.sigval))
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_job(plan.torchrun_args, plan.config.machine_rank, plan.quiet, plan.requeue_job)

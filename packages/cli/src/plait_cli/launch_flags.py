@@ -15,6 +15,12 @@ import click
 
 NOTHING_STARTED = "; nothing was started"
 
+#: The torch rendezvous backend each ``--rdzv-backend`` runs: torch's own, each restart with a new store for its
+#: workers (:mod:`plait_cli.rendezvous` registers them in the launcher's process).
+RENDEZVOUS_BACKENDS = {"static": "plait-static", "c10d": "plait-c10d"}
+#: The ``--rdzv-conf`` key that gives ``plait-static`` this machine's rank.
+MACHINE_RANK_KEY = "machine_rank"
+
 #: HF Accelerate's paradigm flags, by parameter name, and the backend each selects.
 PARADIGMS = {"multi_gpu": "ddp", "use_fsdp": "fsdp", "use_deepspeed": "zero"}
 
@@ -69,9 +75,9 @@ def core_params() -> list[click.Parameter]:
         click.Option(["--num-machines"], type=int, default=None, help="Machines in the job (default 1)."),
         click.Option(["--machine-rank"], type=int, default=None, help="This machine's rank, 0 to num_machines-1."),
         click.Option(["--main-process-ip"], default=None, help="Address of machine 0 (multi-machine jobs)."),
-        click.Option(["--main-process-port"], type=int, default=None, help="Port on machine 0 (default 29500)."),
+        click.Option(["--main-process-port"], type=int, default=None, help="Port on machine 0 (default 29500; on one machine, a free one the system assigns)."),
         click.Option(["--rdzv-backend"], type=click.Choice(["static", "c10d"]), default="static", show_default=True,
-                     help="Rendezvous: static (fixed machine ranks) or c10d (elastic)."),
+                     help="Rendezvous: static (fixed machine ranks) or c10d (elastic); each restart meets anew."),
         click.Option(["--max-restarts"], type=click.IntRange(min=0), default=0, show_default=True,
                      help="Restart the workers this many times after a failure."),
         click.Option(["--monitor-interval"], type=click.FloatRange(min=0, min_open=True), default=0.1,

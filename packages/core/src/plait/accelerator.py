@@ -180,7 +180,6 @@ class Accelerator:
     unwrap_model = delegate("preparer", Preparer.unwrap_model)
     free_memory = delegate("preparer", Preparer.free_memory)
     clear = free_memory
-
     init_module = delegate("preparer", Preparer.init_module)
     skip_first_batches = delegate("preparer", Preparer.skip_first_batches)
     join_uneven_inputs = delegate("preparer", Preparer.join_uneven_inputs)
@@ -188,14 +187,14 @@ class Accelerator:
     # ------------------------------------------------------------------ the training step
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
         """Backward of ``loss`` divided by the accumulation steps, scaled when fp16 needs it."""
-        steps = self.gradient_state.num_steps
-        precision = self.precision
-        if steps != 1 and not precision.handles_accumulation:
-            loss = loss / steps
-        if precision.plain_backward:
-            loss.backward(**kwargs) if kwargs else loss.backward()
-        else:
-            precision.backward(loss, **kwargs)
+        steps, precision, collectives = self.gradient_state.num_steps, self.precision, self.collectives
+        loss = loss / steps if steps != 1 and not precision.handles_accumulation else loss
+        try:  # a timed-out gradient synchronisation names the processes it waited for; debug compares them first
+            collectives.check_operation("backward") if collectives.debug else None
+            loss.backward() if precision.plain_backward and not kwargs else precision.backward(loss, **kwargs)
+        except RuntimeError as error:
+            collectives.raise_if_timed_out(error, "backward")
+            raise
 
     def accumulate(self, *models: torch.nn.Module) -> AbstractContextManager[None]:
         """One micro-step of gradient accumulation: gradients synchronise (and the optimizer steps) every
@@ -233,6 +232,7 @@ class Accelerator:
     # ------------------------------------------------------------------ checkpoints and trackers
     save_state = delegate("checkpointer", Checkpointer.save_state)
     load_state = delegate("checkpointer", Checkpointer.load_state)
+    resume = delegate("checkpointer", Checkpointer.resume)
     save_model = delegate("checkpointer", Checkpointer.save_model)
     save = delegate("checkpointer", Checkpointer.save)
     get_state_dict = delegate("checkpointer", Checkpointer.get_state_dict)

@@ -22,6 +22,30 @@ class CheckpointError(PlaitError, RuntimeError):
     """A checkpoint is missing, incomplete, corrupted, or would be overwritten."""
 
 
+class CollectiveTimeoutError(PlaitError, RuntimeError):
+    """A collective, barrier or backward timed out waiting for other processes (torch.distributed's timeout),
+    or lost its connection to one that did.
+
+    The message names this process's operation, the processes that gave up elsewhere (and in what)
+    and those that never arrived; torch's own error is the ``__cause__``.
+
+    :param waiting: each other process that gave up too: rank to its operation.
+    :param missing: the ranks that were in no collective (hung, busy, or dead).
+    """
+
+    def __init__(self, message: str, rank: int, operation: str, waiting: dict[int, str], missing: list[int]) -> None:
+        super().__init__(message)
+        self.rank, self.operation, self.waiting, self.missing = rank, operation, waiting, missing
+
+    def __reduce__(self) -> tuple[type, tuple[str, int, str, dict[int, str], list[int]]]:
+        return type(self), (str(self), self.rank, self.operation, self.waiting, self.missing)
+
+
+class CollectiveMismatchError(PlaitError, RuntimeError):
+    """With ``debug`` (``PLAIT_DEBUG=1``): the processes were about to run different operations (uneven
+    batches, a collective some processes skip), which would hang; raised on every process."""
+
+
 def closest(name: str, candidates: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest candidate, or ``""``."""
     match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)

@@ -55,6 +55,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
+# The reader is a light module (torch loads with its first read); imported here so that the specs' annotations resolve.
+from plait.checkpoint.reader import CheckpointReader
 from plait.plugins.markers import hookspec
 
 if TYPE_CHECKING:
@@ -138,7 +140,7 @@ def plait_collectives(config: Config, environment: ProcessEnvironment, device: t
     overrides the six primitives (``all_gather``, ``all_reduce``, ``broadcast_tensor``,
     ``gather_objects``, ``broadcast_objects``, ``barrier``) or any structured method.
 
-    :param config: the resolved configuration (``config.debug`` asks for shape checks).
+    :param config: the resolved configuration (``config.debug`` asks for shape and operation checks).
     :param environment: this process's place in the job.
     :param device: this process's device.
     :return: a :class:`~plait.collectives.Collectives`.
@@ -448,18 +450,51 @@ def plait_save_model(
 
 
 @hookspec(firstresult=True)
-def plait_load_model(
-    accelerator: Accelerator, model: torch.nn.Module, directory: str, index: int, strict: bool
+def plait_check_model(
+    accelerator: Accelerator, model: torch.nn.Module, checkpoint: CheckpointReader, index: int, strict: bool
 ) -> bool | None:
-    """Load a model's state from a verified checkpoint directory.
+    """Check, before anything is loaded, that a checkpoint's state for a model fits it; change nothing.
 
-    The manifest and every checksum are verified before this is called.
+    ``load_state`` calls this for every model it will load, and :func:`plait_check_optimizer` for every
+    optimizer, before any ``plait_load_*`` hook runs, so that a checkpoint that does not fit is
+    refused with nothing in memory changed. Raise :class:`~plait.errors.CheckpointError` naming the
+    file, the key and both shapes, ending with "nothing was loaded". Read the files' headers
+    (:meth:`~plait.checkpoint.CheckpointReader.safetensors_shapes`), not their tensors, where you can.
+    Core's default checks the keys (with ``strict``) and shapes of ``model.safetensors`` and of this
+    process's gradients file. A backend whose :func:`plait_load_model` reads files of its own should
+    implement this too: a model whose backend checks nothing is loaded unchecked.
+
+    :param accelerator: the accelerator loading.
+    :param model: the prepared model (without ``torch.compile``'s wrapper).
+    :param checkpoint: the verified checkpoint; read only through it.
+    :param index: the model's position among prepared models.
+    :param strict: whether keys must match exactly.
+    :return: ``True`` once checked.
+
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def plait_load_model(
+    accelerator: Accelerator, model: torch.nn.Module, directory: str, index: int, strict: bool,
+    checkpoint: CheckpointReader,
+) -> bool | None:
+    """Load a model's state from a verified checkpoint.
+
+    The manifest and every checksum are verified, and :func:`plait_check_model` and
+    :func:`plait_check_optimizer` passed for everything, before this is called. Read files only
+    through ``checkpoint`` (:meth:`~plait.checkpoint.CheckpointReader.load_safetensors`,
+    :meth:`~plait.checkpoint.CheckpointReader.torch_load`,
+    :meth:`~plait.checkpoint.CheckpointReader.path`): it refuses the files the manifest does not list,
+    and it never unpickles anything but tensors, numbers and containers.
 
     :param accelerator: the accelerator loading.
     :param model: the prepared model to load into.
-    :param directory: the checkpoint directory.
+    :param directory: the checkpoint directory (``checkpoint.directory``, as a string).
     :param index: the model's position among prepared models.
     :param strict: whether keys must match exactly.
+    :param checkpoint: the verified checkpoint being loaded.
     :return: ``True`` once handled.
 
     Stops at the first non-None result.
@@ -487,13 +522,41 @@ def plait_save_optimizer(
 
 
 @hookspec(firstresult=True)
-def plait_load_optimizer(accelerator: Accelerator, optimizer: Any, directory: str, index: int) -> bool | None:
-    """Load a prepared optimizer's state from a verified checkpoint directory.
+def plait_check_optimizer(
+    accelerator: Accelerator, optimizer: Any, checkpoint: CheckpointReader, index: int
+) -> bool | None:
+    """Check, before anything is loaded, that a checkpoint's state for an optimizer fits it; change nothing.
+
+    Same contract as :func:`plait_check_model`. Core's default compares the optimizer's class with
+    the one the manifest records (``metadata["optimizer_classes"]``, the wrapped optimizer's
+    ``module.qualname``; a checkpoint written before it was recorded is checked on the rest), the
+    number of parameter groups and of parameters in each, and each state tensor's shape with its
+    parameter's where both have the same number of dimensions. An optimizer whose backend checks
+    nothing is loaded unchecked.
 
     :param accelerator: the accelerator loading.
     :param optimizer: the prepared optimizer.
-    :param directory: the checkpoint directory.
+    :param checkpoint: the verified checkpoint; read only through it.
     :param index: the optimizer's position among prepared optimizers.
+    :return: ``True`` once checked.
+
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def plait_load_optimizer(
+    accelerator: Accelerator, optimizer: Any, directory: str, index: int, checkpoint: CheckpointReader
+) -> bool | None:
+    """Load a prepared optimizer's state from a verified checkpoint.
+
+    Same contract as :func:`plait_load_model`: read files only through ``checkpoint``.
+
+    :param accelerator: the accelerator loading.
+    :param optimizer: the prepared optimizer.
+    :param directory: the checkpoint directory (``checkpoint.directory``, as a string).
+    :param index: the optimizer's position among prepared optimizers.
+    :param checkpoint: the verified checkpoint being loaded.
     :return: ``True`` once handled.
 
     Stops at the first non-None result.

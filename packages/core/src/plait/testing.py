@@ -179,6 +179,47 @@ def identical(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
+def snapshot(value: Any) -> Any:
+    """A deep copy of nested dicts, lists and tuples of tensors (a sharded ``DTensor`` as its local shard),
+    to compare with :func:`same` after something that must not have changed them."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        local = value.to_local() if hasattr(value, "to_local") else value
+        return local.detach().clone()
+    if isinstance(value, dict):
+        return {k: snapshot(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [snapshot(v) for v in value]
+    return value
+
+
+def same(a: Any, b: Any) -> bool:
+    """Whether two nested structures (see :func:`snapshot`) hold the same keys and bit-identical tensors."""
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a is b or bool(a == b)
+
+
+def assert_refused(ranks: Sequence[Mapping[str, Any]], case: str, *needles: str) -> None:
+    """Assert that on every process ``case`` was refused with a ``CheckpointError`` naming each of ``needles``
+    and that nothing in memory changed: each ``ranks[i][case]`` is ``{"error": error_of(...), "unchanged":
+    same(before, after)}``, as a worker reports a refused load."""
+    for rank in ranks:
+        result = rank[case]
+        assert str(result["error"]).startswith("CheckpointError"), result["error"]
+        for needle in needles:
+            assert needle in result["error"], result["error"]
+        assert "nothing was loaded" in result["error"]
+        assert result["unchanged"], f"{case}: a tensor changed in memory although the load was refused"
+
+
 def error_of(function: Callable[[], Any]) -> str | None:
     """``"ExceptionType: message"`` of what ``function()`` raises, or ``None``: how a worker process
     reports an expected error back to the test (exceptions themselves may not pickle)."""

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
     from plait.accelerator import Accelerator
-    from plait.checkpoint import CheckpointWriter
+    from plait.checkpoint import CheckpointReader, CheckpointWriter
     from plait.config import Config
     from plait.precision import Precision
     from plait.training import GradientSyncControl
@@ -152,10 +152,22 @@ def plait_save_model(accelerator: Accelerator, model: torch.nn.Module, writer: C
 
 
 @hookimpl
-def plait_load_model(accelerator: Accelerator, model: torch.nn.Module, directory: str, index: int, strict: bool) -> bool:
-    from plait_fsdp import checkpoint
+def plait_check_model(
+    accelerator: Accelerator, model: torch.nn.Module, checkpoint: CheckpointReader, index: int, strict: bool
+) -> bool:
+    from plait_fsdp import checkpoint as state
 
-    checkpoint.load_model(accelerator, model, directory, index, strict)
+    state.check_model(model, checkpoint, index, strict)
+    return True
+
+
+@hookimpl
+def plait_load_model(
+    accelerator: Accelerator, model: torch.nn.Module, index: int, strict: bool, checkpoint: CheckpointReader
+) -> bool:
+    from plait_fsdp import checkpoint as state
+
+    state.load_model(accelerator, model, checkpoint, index, strict)
     return True
 
 
@@ -169,10 +181,18 @@ def plait_save_optimizer(accelerator: Accelerator, optimizer: Any, writer: Check
 
 
 @hookimpl
-def plait_load_optimizer(accelerator: Accelerator, optimizer: Any, directory: str, index: int) -> bool:
-    from plait_fsdp import checkpoint
+def plait_check_optimizer(accelerator: Accelerator, optimizer: Any, checkpoint: CheckpointReader, index: int) -> bool:
+    from plait_fsdp import checkpoint as state
 
-    checkpoint.load_optimizer(accelerator, checkpoint.model_of(accelerator, optimizer), optimizer, directory, index)
+    state.check_optimizer(accelerator, optimizer, checkpoint, index)
+    return True
+
+
+@hookimpl
+def plait_load_optimizer(accelerator: Accelerator, optimizer: Any, index: int, checkpoint: CheckpointReader) -> bool:
+    from plait_fsdp import checkpoint as state
+
+    state.load_optimizer(accelerator, state.model_of(accelerator, optimizer), optimizer, checkpoint, index)
     return True
 
 

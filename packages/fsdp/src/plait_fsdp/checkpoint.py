@@ -12,7 +12,11 @@ Layout inside a plait checkpoint (``index`` is the model's or optimizer's positi
   as core writes them, keyed by parameter name, from the main process.
 
 Loading looks at what the checkpoint holds, not at the current option, and reshards: a
-checkpoint saved by N processes loads into any number. Imported from hook bodies only.
+checkpoint saved by N processes loads into any number. It is all or nothing: :func:`check_model` and
+:func:`check_optimizer` refuse, from DCP's metadata, the safetensors headers and the small ``.pt`` files
+(read once: the load takes those reads), what does not fit, before anything changes; DCP folders are read
+only through :mod:`plait_fsdp.dcp_reader` (no pickle but DCP's metadata classes, only listed files).
+Imported from hook bodies only.
 """
 
 from __future__ import annotations
@@ -20,16 +24,26 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from plait.checkpoint.default_state import model_file, read_optimizer_state, write_optimizer_state
-from plait.checkpoint.tensor_files import check_shapes, load_safetensors, state_dict_to_safetensors
+from plait.checkpoint.default_state import (
+    check_class,
+    check_optimizer_state,
+    model_file,
+    optimizer_files,
+    read_optimizer_state,
+    write_optimizer_state,
+)
+from plait.checkpoint.tensor_files import check_shapes, state_dict_to_safetensors
 from plait.errors import CheckpointError
+from plait_fsdp.dcp_reader import ListedFilesReader, read_metadata, saved_shapes
 from plait_fsdp.wrapping import is_sharded
+
+if TYPE_CHECKING:
+    from plait.checkpoint import CheckpointReader
 
 
 def model_dir(index: int) -> str:
@@ -76,12 +90,23 @@ def _dcp_save(accelerator: Any, tensors: dict[str, torch.Tensor], writer: Any, n
     _register_dcp_files(accelerator, writer, name)
 
 
-def dcp_load(state: dict[str, Any], folder: Path, distributed: bool) -> None:
-    """Read ``folder`` into ``state``'s tensors in place (resharding to their layout)."""
+def dcp_load(state: dict[str, Any], checkpoint: CheckpointReader, name: str, distributed: bool) -> None:
+    """Read DCP folder ``name`` of ``checkpoint`` into ``state``'s tensors in place (resharding to their
+    layout), through the restricted reader: only what the manifest lists, no pickle but tensors."""
     from torch.distributed.checkpoint.state_dict_loader import load
 
-    with _quiet_single_process():
-        load(state, checkpoint_id=str(folder), no_dist=not distributed)
+    reader = ListedFilesReader(checkpoint.directory / name, _listed(checkpoint, name))
+    try:
+        with _quiet_single_process():
+            load(state, storage_reader=reader, no_dist=not distributed)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # after the checks passed: an unreadable shard (DCP gathers every process's errors)
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"reading DCP folder {checkpoint.directory / name} failed ({type(exc).__name__}: {reason}); what was "
+            f"read before it may be in memory: load a complete checkpoint again before training"
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -92,18 +117,19 @@ def _quiet_single_process() -> Iterator[None]:
         yield
 
 
-def _saved_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
-    from torch.distributed.checkpoint.filesystem import FileSystemReader
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    metadata = FileSystemReader(str(folder)).read_metadata()
-    return {key: tuple(entry.size) for key, entry in metadata.state_dict_metadata.items()
-            if isinstance(entry, TensorStorageMetadata)}
+def _listed(checkpoint: CheckpointReader, name: str) -> list[str]:
+    """The names of DCP folder ``name``'s files that the manifest lists."""
+    return [listed.split("/", 1)[1] for listed in checkpoint.names(f"{name}/")]
 
 
-def _check_shapes(target: dict[str, Any], saved: dict[str, tuple[int, ...]], source: str, strict: bool) -> None:
-    """Raise before anything is read if ``saved`` does not fit ``target``, naming the first bad key."""
-    check_shapes({key: tuple(tensor.shape) for key, tensor in target.items()}, saved, source, strict)
+def is_dcp(checkpoint: CheckpointReader, name: str) -> bool:
+    """Whether the checkpoint holds DCP folder ``name`` (a sharded save)."""
+    return bool(checkpoint.names(f"{name}/"))
+
+
+def dcp_metadata(checkpoint: CheckpointReader, name: str) -> Any:
+    """The checked metadata of DCP folder ``name`` (a crafted ``.metadata`` is refused, never run)."""
+    return read_metadata(checkpoint.directory / name, _listed(checkpoint, name))
 
 
 def save_model(accelerator: Any, model: nn.Module, writer: Any, index: int, sharded: bool) -> None:
@@ -125,26 +151,39 @@ def save_model(accelerator: Any, model: nn.Module, writer: Any, index: int, shar
         writer.save_safetensors(model_file(index), tensors, metadata)
 
 
-def load_model(accelerator: Any, model: nn.Module, directory: str, index: int, strict: bool) -> None:
+def check_model(model: nn.Module, checkpoint: CheckpointReader, index: int, strict: bool) -> None:
+    """Refuse, from DCP's metadata or the safetensors header (no tensor is read), a saved model that does not
+    fit ``model``: every key's full shape, and with ``strict`` the key sets. Changes nothing."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    target = {key: tuple(tensor.shape) for key, tensor in get_model_state_dict(model).items()
+              if isinstance(tensor, torch.Tensor)}
+    folder = model_dir(index)
+    if is_dcp(checkpoint, folder):
+        saved = saved_shapes(dcp_metadata(checkpoint, folder))
+        check_shapes(target, saved, f"sharded checkpoint {checkpoint.directory / folder}", strict)
+        return
+    name = model_file(index)
+    if not checkpoint.has(name):
+        raise CheckpointError(
+            f"checkpoint {checkpoint.directory} has neither {folder}/ (sharded) nor {name} (full) for model {index}; "
+            f"nothing was loaded (load a checkpoint saved by save_state for the same models)"
+        )
+    check_shapes(target, checkpoint.safetensors_shapes(name), f"checkpoint file {checkpoint.path(name)}", strict)
+
+
+def load_model(accelerator: Any, model: nn.Module, checkpoint: CheckpointReader, index: int, strict: bool) -> None:
+    """Load what :func:`save_model` wrote (checked by :func:`check_model`)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-    folder = Path(directory) / model_dir(index)
-    target = get_model_state_dict(model)
-    if folder.is_dir():
-        saved = _saved_shapes(folder)
-        _check_shapes(target, saved, f"sharded checkpoint {folder}", strict)
-        state = {k: v for k, v in target.items() if k in saved}
-        dcp_load(state, folder, _distributed(accelerator))
+    folder = model_dir(index)
+    if is_dcp(checkpoint, folder):
+        saved = saved_shapes(dcp_metadata(checkpoint, folder))
+        state = {k: v for k, v in get_model_state_dict(model).items() if k in saved}
+        dcp_load(state, checkpoint, folder, _distributed(accelerator))
         set_model_state_dict(model, state, options=_options(False, strict=strict))
         return
-    path = Path(directory) / model_file(index)
-    if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint {directory} has neither {model_dir(index)}/ (sharded) nor {model_file(index)} (full) for "
-            f"model {index}; nothing was loaded"
-        )
-    full: dict[str, Any] = load_safetensors(path)
-    _check_shapes(target, {k: tuple(v.shape) for k, v in full.items()}, f"checkpoint file {path}", strict)
+    full: dict[str, Any] = checkpoint.load_safetensors(model_file(index))
     set_model_state_dict(model, full, options=_options(True, strict=strict))
 
 
@@ -195,31 +234,98 @@ def save_optimizer(accelerator: Any, model: nn.Module, optimizer: Any, writer: A
         write_optimizer_state(writer, index, state)
 
 
-def load_optimizer(accelerator: Any, model: nn.Module, optimizer: Any, directory: str, index: int) -> None:
+def _group_names(model: nn.Module, inner: Any) -> list[list[str]]:
+    """The parameter names of each of ``inner``'s groups, as its state dict names them (without changing it)."""
+    names = {id(p): name for name, p in getattr(model, "_orig_mod", model).named_parameters()}
+    return [[names.get(id(p), "?") for p in group["params"]] for group in inner.param_groups]
+
+
+def _saved_optimizer(checkpoint: CheckpointReader, index: int) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """The saved optimizer state dict with its tensors as meta tensors of their shapes, and those shapes by key."""
+    folder = optimizer_dir(index)
+    if is_dcp(checkpoint, folder):
+        rest = checkpoint.torch_load(_skeleton_name(index))  # read once: the load takes this read
+        shapes = saved_shapes(dcp_metadata(checkpoint, folder))
+        if not (isinstance(rest, dict) and isinstance(rest.get("state"), dict)):
+            raise CheckpointError(f"checkpoint file {checkpoint.path(_skeleton_name(index))} is not the optimizer "
+                                  f"state save_state writes; nothing was loaded")
+        state: dict[Any, Any] = {fqn: dict(entries) if isinstance(entries, dict) else entries
+                                 for fqn, entries in rest["state"].items()}
+        for key, shape in shapes.items():
+            kind, _, tail = key.partition("/")
+            fqn, _, name = tail.rpartition("/")
+            if kind != "state" or not fqn:
+                raise CheckpointError(f"sharded optimizer checkpoint {checkpoint.directory / folder} holds {key!r}, "
+                                      f"which is not optimizer state; nothing was loaded")
+            state.setdefault(fqn, {})[name] = torch.empty(shape, device="meta")
+        return {**rest, "state": state}, shapes
+    tensors_file, rest_file = optimizer_files(index)
+    return checkpoint.torch_load(rest_file), checkpoint.safetensors_shapes(tensors_file)
+
+
+def check_optimizer(accelerator: Any, optimizer: Any, checkpoint: CheckpointReader, index: int) -> None:
+    """Refuse, before anything is loaded, a saved optimizer state that does not fit ``optimizer``: another
+    class, other parameter groups or parameter names, state of other shapes. Changes nothing."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    check_class(checkpoint, "optimizer_classes", index, optimizer, "optimizer")
+    saved, shapes = _saved_optimizer(checkpoint, index)
+    folder = optimizer_dir(index)
+    source = (f"sharded optimizer checkpoint {checkpoint.directory / folder}" if is_dcp(checkpoint, folder)
+              else f"checkpoint file {checkpoint.path(optimizer_files(index)[1])}")
+    check_optimizer_state(inner, saved, shapes, source)
+    if any(not isinstance(k, str) for k in saved["state"]):
+        return  # written by a backend that keys state by position (single, ddp): loaded by position
+    current = _group_names(model_of(accelerator, optimizer), inner)
+    for g, (names, group) in enumerate(zip(current, saved["param_groups"])):
+        if set(names) != set(group["params"]):
+            other = sorted(set(group["params"]) - set(names)) or sorted(set(names) - set(group["params"]))
+            raise CheckpointError(
+                f"{source}: parameter group {g} does not hold the same parameters as the optimizer's (first "
+                f"difference {other[0]!r}); nothing was loaded (build the model and optimizer as the run that saved it)"
+            )
+    # State the optimizer already has names what it keeps per parameter (AdamW: exp_avg, exp_avg_sq, step).
+    parameters = {name: p for names, group in zip(current, inner.param_groups) for name, p in zip(names, group["params"])}
+    for fqn, entries in saved["state"].items():
+        mine = inner.state.get(parameters[fqn]) if fqn in parameters else None
+        if mine and isinstance(entries, dict) and set(entries) != set(mine):
+            raise CheckpointError(
+                f"{source}: parameter {fqn!r} has saved state {sorted(entries)} but this {type(inner).__name__} keeps "
+                f"{sorted(mine)}; nothing was loaded (load it into the kind of optimizer that saved it)"
+            )
+
+
+def _target(saved: torch.Size, dtype: torch.dtype, parameter: torch.Tensor | None) -> torch.Tensor:
+    """Where DCP reads a state tensor this optimizer has not created (an SGD without momentum loading one with
+    a momentum buffer): sharded like its parameter when shaped like it, else whole on every process."""
+    if parameter is not None and tuple(parameter.shape) == tuple(saved):
+        return torch.empty_like(parameter.detach(), dtype=dtype)
+    return torch.empty(saved, dtype=dtype)
+
+
+def load_optimizer(accelerator: Any, model: nn.Module, optimizer: Any, checkpoint: CheckpointReader, index: int) -> None:
+    """Load what :func:`save_optimizer` wrote (checked by :func:`check_optimizer`)."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
     inner = getattr(optimizer, "optimizer", optimizer)
-    folder = Path(directory) / optimizer_dir(index)
-    if folder.is_dir():
-        rest = torch.load(Path(directory) / _skeleton_name(index), map_location="cpu", weights_only=True)
-        current, _ = _split(get_optimizer_state_dict(model, inner))
-        saved = _saved_shapes(folder)
-        missing = [k.split("/", 1)[1] for k in saved if k not in current]
-        if missing:
-            raise CheckpointError(
-                f"sharded optimizer checkpoint {folder} holds state {missing[0]!r} that this optimizer "
-                f"{type(inner).__name__} does not have: load it into the kind of optimizer that saved it; "
-                f"nothing was loaded"
-            )
-        _check_shapes({k: current[k] for k in saved}, saved, f"sharded optimizer checkpoint {folder}", False)
-        tensors = {k: current[k] for k in saved}
-        dcp_load(tensors, folder, _distributed(accelerator))
+    folder = optimizer_dir(index)
+    if is_dcp(checkpoint, folder):
+        rest = checkpoint.torch_load(_skeleton_name(index))
+        entries = dcp_metadata(checkpoint, folder).state_dict_metadata
+        current, _ = _split(get_optimizer_state_dict(model, inner))  # creates the state a fresh optimizer lacks
+        parameters = dict(getattr(model, "_orig_mod", model).named_parameters())
+        tensors = {}
+        for key, entry in entries.items():
+            if key not in current:
+                _, fqn, _ = key.split("/", 2)
+                current[key] = _target(entry.size, entry.properties.dtype, parameters.get(fqn))
+            tensors[key] = current[key]
+        dcp_load(tensors, checkpoint, folder, _distributed(accelerator))
         for key, value in tensors.items():
             _, fqn, name = key.split("/", 2)
             rest["state"].setdefault(fqn, {})[name] = value
         set_optimizer_state_dict(model, inner, rest)
         return
-    state = read_optimizer_state(directory, index)
+    state = read_optimizer_state(checkpoint, index)
     if any(not isinstance(k, str) for k in state.get("state", {})):
         # Written by a backend that keys optimizer state by position (single, ddp): the same parameters in order.
         inner.load_state_dict(state)

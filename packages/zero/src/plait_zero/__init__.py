@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import torch
 
     from plait.accelerator import Accelerator
-    from plait.checkpoint import CheckpointWriter
+    from plait.checkpoint import CheckpointReader, CheckpointWriter
     from plait.precision import Precision
     from plait.training import GradientSyncControl, PreparedObjects
 
@@ -218,16 +218,34 @@ def plait_save_model(accelerator: Accelerator, model: torch.nn.Module, writer: C
 
 
 @hookimpl
-def plait_load_model(accelerator: Accelerator, model: torch.nn.Module, directory: str, index: int, strict: bool) -> bool | None:
+def plait_check_model(
+    accelerator: Accelerator, model: torch.nn.Module, checkpoint: CheckpointReader, index: int, strict: bool
+) -> bool | None:
     engine = _engine(accelerator, model)
     if engine is None:
         return None
-    from plait_zero import checkpoint
+    from plait_zero import checkpoint as state
 
     if _trains(accelerator, engine):
-        checkpoint.load(accelerator, engine, directory, index, strict)
+        state.check(accelerator, engine, checkpoint, index, strict)
     else:
-        checkpoint.load_inference(accelerator, engine, directory, index, strict)
+        state.check_inference(engine, checkpoint, index, strict)
+    return True
+
+
+@hookimpl
+def plait_load_model(
+    accelerator: Accelerator, model: torch.nn.Module, index: int, strict: bool, checkpoint: CheckpointReader
+) -> bool | None:
+    engine = _engine(accelerator, model)
+    if engine is None:
+        return None
+    from plait_zero import checkpoint as state
+
+    if _trains(accelerator, engine):
+        state.load(accelerator, engine, checkpoint, index, strict)
+    else:
+        state.load_inference(accelerator, engine, checkpoint, index, strict)
     return True
 
 
@@ -243,7 +261,22 @@ def plait_save_optimizer(accelerator: Accelerator, optimizer: Any, writer: Check
 
 
 @hookimpl
-def plait_load_optimizer(accelerator: Accelerator, optimizer: Any, directory: str, index: int) -> bool | None:
+def plait_check_optimizer(accelerator: Accelerator, optimizer: Any, checkpoint: CheckpointReader, index: int) -> bool | None:
+    if not _is_zero_optimizer(accelerator, optimizer):
+        return None
+    from plait_zero import checkpoint as state
+
+    engine = optimizer.engine
+    model_index = next((i for i, model in enumerate(accelerator.prepared.models) if model is engine), None)
+    if model_index is None or model_index not in checkpoint.metadata.get("saved_models", [model_index]):
+        return True  # its model was kept out of the checkpoint (a save pre-hook): neither is loaded
+    state.check_optimizer(accelerator, engine, checkpoint, model_index)
+    return True
+
+
+@hookimpl
+def plait_load_optimizer(accelerator: Accelerator, optimizer: Any) -> bool | None:
+    # Loaded with its engine's model (plait_load_model): the engine's checkpoint holds both.
     return True if _is_zero_optimizer(accelerator, optimizer) else None
 
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
 
     from plait.accelerator import Accelerator
-    from plait.checkpoint import CheckpointWriter
+    from plait.checkpoint import CheckpointReader, CheckpointWriter
     from plait.collectives import Collectives
     from plait.config import Config
     from plait.precision import Precision
@@ -235,10 +235,22 @@ def plait_save_model(accelerator: Accelerator, model: torch.nn.Module, writer: C
 
 
 @hookimpl(trylast=True)
-def plait_load_model(accelerator: Accelerator, model: torch.nn.Module, directory: str, index: int, strict: bool) -> bool:
+def plait_check_model(accelerator: Accelerator, model: torch.nn.Module, checkpoint: CheckpointReader, index: int,
+                      strict: bool) -> bool | None:
     from plait.checkpoint import default_state
 
-    default_state.load_model(accelerator, model, directory, index, strict)
+    if not default_state.core_checks(accelerator, "model"):
+        return None  # a backend loads it its own way and checks nothing: loaded unchecked
+    default_state.check_model(accelerator, model, checkpoint, index, strict)
+    return True
+
+
+@hookimpl(trylast=True)
+def plait_load_model(accelerator: Accelerator, model: torch.nn.Module, index: int, strict: bool,
+                     checkpoint: CheckpointReader) -> bool:
+    from plait.checkpoint import default_state
+
+    default_state.load_model(accelerator, model, checkpoint, index, strict)
     return True
 
 
@@ -251,10 +263,20 @@ def plait_save_optimizer(accelerator: Accelerator, optimizer: Any, writer: Check
 
 
 @hookimpl(trylast=True)
-def plait_load_optimizer(accelerator: Accelerator, optimizer: Any, directory: str, index: int) -> bool:
+def plait_check_optimizer(accelerator: Accelerator, optimizer: Any, checkpoint: CheckpointReader, index: int) -> bool | None:
     from plait.checkpoint import default_state
 
-    default_state.load_optimizer(optimizer, directory, index)
+    if not default_state.core_checks(accelerator, "optimizer"):
+        return None  # a backend loads it its own way and checks nothing: loaded unchecked
+    default_state.check_optimizer(optimizer, checkpoint, index)
+    return True
+
+
+@hookimpl(trylast=True)
+def plait_load_optimizer(optimizer: Any, index: int, checkpoint: CheckpointReader) -> bool:
+    from plait.checkpoint import default_state
+
+    default_state.load_optimizer(optimizer, checkpoint, index)
     return True
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 import warnings
 from collections.abc import Callable
@@ -16,11 +15,12 @@ from plait.checkpoint.hook_handles import RemovableHandle
 from plait.checkpoint.hook_handles import register as _register
 from plait.checkpoint.hook_handles import unlisted as _unlisted
 from plait.errors import CheckpointError
-from plait.random import get_rng_states, set_rng_states
+from plait.random import get_rng_states
 
 if TYPE_CHECKING:
     from plait.accelerator import Accelerator
     from plait.checkpoint.writer import CheckpointWriter
+    from plait.resume import ResumePoint
 
 # The checkpoint modules (directory, writer, exports) are imported by the methods that use them, so
 # that an Accelerator which never saves does not import them.
@@ -32,10 +32,6 @@ def _uncompiled(model: Any) -> Any:
     """The module ``torch.compile`` wrapped (the backend's own wrapper), so that no ``_orig_mod.`` enters the
     files: backends save and load what they wrapped."""
     return getattr(model, "_orig_mod", model)
-
-
-def _name(stem: str, index: int, suffix: str = "pt") -> str:
-    return f"{stem}.{suffix}" if index == 0 else f"{stem}_{index}.{suffix}"
 
 
 class Checkpointer:
@@ -162,22 +158,21 @@ class Checkpointer:
             temporary.mkdir(parents=True)
         collectives.barrier()
         writer = CheckpointWriter(temporary)
-        try:
-            saved_models = self._run_save_hooks(temporary)
-            self._write_state(writer, saved_models)
-            files = writer.files()
-        except BaseException:
-            writer.close()
-            if process.is_main_process:
-                shutil.rmtree(temporary, ignore_errors=True)
-            raise
+        with checkpoint_directory.removed_on_failure(temporary, final, process.is_main_process):
+            try:
+                saved_models = self._run_save_hooks(temporary)
+                self._write_state(writer, saved_models)
+                files = writer.files()
+            finally:
+                writer.close()
         every_file: dict[str, Any] = {}
         for part in collectives.gather_objects(files):
             every_file.update(part)
         if process.is_main_process and self.save_hooks:
             every_file.update(_unlisted(temporary, every_file))  # what the save hooks wrote themselves
         if process.is_main_process:
-            checkpoint_directory.write_manifest(temporary, every_file, self._manifest_metadata())
+            with checkpoint_directory.removed_on_failure(temporary, final, True):
+                checkpoint_directory.write_manifest(temporary, every_file, self._manifest_metadata())
             checkpoint_directory.commit(temporary, final, overwrite)
         collectives.barrier()
         if automatic:
@@ -188,6 +183,10 @@ class Checkpointer:
         return str(final)
 
     def _write_state(self, writer: CheckpointWriter, saved_models: list[int]) -> None:
+        from plait.checkpoint.default_state import class_name
+        from plait.checkpoint.loading import state_file
+        from plait.checkpoint.safe_values import encode_state
+
         accelerator = self.accelerator
         hooks, prepared = accelerator.hooks, accelerator.prepared
         self._saved_models = saved_models
@@ -197,20 +196,27 @@ class Checkpointer:
         for i, optimizer in enumerate(prepared.optimizers):
             hooks.save_optimizer(accelerator, optimizer, writer, i)
         if accelerator.process.is_main_process:
+            # Each state is stored so that torch.load(weights_only=True) reads it back, or refused now.
             for i, scheduler in enumerate(prepared.schedulers):
-                writer.torch_save(_name("scheduler", i), scheduler.state_dict())
+                state = encode_state(scheduler.state_dict(), f"scheduler {i} ({class_name(scheduler)})")
+                writer.torch_save(state_file("scheduler", i), state)
             for i, dataloader in enumerate(prepared.dataloaders):
                 if hasattr(dataloader, "state_dict"):
-                    writer.torch_save(_name("dataloader", i), dataloader.state_dict())
+                    state = encode_state(dataloader.state_dict(), f"dataloader {i} ({class_name(dataloader)})")
+                    writer.torch_save(state_file("dataloader", i), state)
             for i, obj in enumerate(self.custom_objects):
-                writer.torch_save(f"custom_checkpoint_{i}.pt", obj.state_dict())
+                state = encode_state(obj.state_dict(), f"registered object {i} ({class_name(obj)})")
+                writer.torch_save(f"custom_checkpoint_{i}.pt", state)
             scaler_state = accelerator.precision.state_dict()
             if scaler_state is not None:
                 writer.torch_save("scaler.pt", scaler_state)
         writer.torch_save(f"random_states_{accelerator.process.process_index}.pt", get_rng_states())
 
     def _manifest_metadata(self) -> dict[str, Any]:
+        from plait.checkpoint.default_state import class_name
+
         accelerator = self.accelerator
+        prepared = accelerator.prepared
         return {
             "backend": accelerator.backend,
             "num_processes": accelerator.process.num_processes,
@@ -218,95 +224,82 @@ class Checkpointer:
             "step": accelerator.gradient_state.step,
             **self._counts(),
             "saved_models": self._saved_models,
+            # Checked when loading: a state is refused by another class than the one that saved it.
+            "optimizer_classes": [class_name(o) for o in prepared.optimizers],
+            "scheduler_classes": [class_name(s) for s in prepared.schedulers],
+            "custom_object_classes": [class_name(o) for o in self.custom_objects],
         }
 
     # ------------------------------------------------------------------ load_state
+    def resume(self) -> ResumePoint:
+        """Load the newest complete automatic checkpoint if there is one (a first start just starts), make
+        the prepared dataloaders continue after the batches it had consumed, and save-and-exit (code 143)
+        on SIGTERM after the step in progress. :return: where to continue (``.epoch``); see :mod:`plait.resume`."""
+        from plait.resume import resume
+
+        return resume(self.accelerator)
+
     def load_state(self, /, input_dir: str | os.PathLike[str] | None = None, strict: bool = True,
                    **load_model_func_kwargs: Any) -> str:
-        """Restore everything :meth:`save_state` saved, after verifying the manifest and every checksum.
+        """Restore everything :meth:`save_state` saved, all or nothing.
 
-        With no ``input_dir``, the newest complete checkpoint of
-        ``<project_dir>/checkpoints`` is loaded, and the checkpoint counter continues
+        The manifest and every checksum are verified, and every state is read and checked against
+        its target (counts, world size, classes, keys and shapes) before anything in memory changes:
+        a checkpoint that does not fit is a :class:`~plait.errors.CheckpointError` and nothing was loaded.
+        Only the files the manifest lists are read. With no ``input_dir``, the newest complete
+        checkpoint of ``<project_dir>/checkpoints`` is loaded, and the checkpoint counter continues
         after it so that the next save does not collide.
 
         :return: the directory loaded.
         """
         from plait.checkpoint import directory as checkpoint_directory
+        from plait.checkpoint import loading
 
         accelerator = self.accelerator
-        prepared = accelerator.prepared
+        prepared, hooks = accelerator.prepared, accelerator.hooks
         if input_dir is None:
             folder = self._checkpoint_folder()
             found = checkpoint_directory.automatic_checkpoints(folder)
             if not found:
                 raise CheckpointError(f"no complete checkpoint in {folder} to load; nothing was loaded")
             input_dir = found[-1][1]
-        directory = Path(input_dir).absolute()
-        manifest = checkpoint_directory.verify(directory)
-        metadata = manifest.get("metadata", {})
+        # Every process checks everything before any loads; all refuse when one does (the others would wait in collectives).
+        checkpoint, states, loaded = loading.agreed(accelerator, lambda: self._check_everything(input_dir, strict))
+        for i, model in loaded:
+            hooks.load_model(accelerator, model, checkpoint, i, strict)
+        for i, optimizer in enumerate(prepared.optimizers):
+            hooks.load_optimizer(accelerator, optimizer, checkpoint, i)
+        loading.apply_states(accelerator, checkpoint, states, self.custom_objects)
+        return str(checkpoint.directory)
+
+    def _check_everything(self, input_dir: str | os.PathLike[str], strict: bool) -> tuple[Any, Any, list[tuple[int, Any]]]:
+        """Verify the checkpoint and check every state against its target, changing nothing: the reader, the
+        small states read and the models to load."""
+        from plait.checkpoint import directory as checkpoint_directory
+        from plait.checkpoint import loading
+
+        accelerator = self.accelerator
+        prepared, hooks = accelerator.prepared, accelerator.hooks
+        checkpoint = checkpoint_directory.open_checkpoint(input_dir)
         for kind, prepared_count in self._counts().items():
-            saved = metadata.get(kind, 0)
+            saved = checkpoint.metadata.get(kind, 0)
             if saved != prepared_count:
                 raise CheckpointError(
-                    f"checkpoint {directory} holds {saved} {kind} but this accelerator has {prepared_count} "
+                    f"checkpoint {checkpoint.directory} holds {saved} {kind} but this accelerator has {prepared_count} "
                     f"prepared or registered: prepare the same objects as the run that saved it; nothing was loaded"
                 )
-        # Read every small state first: a failure here leaves everything untouched.
-        load = self._load_file
-        schedulers = [load(directory, _name("scheduler", i)) for i in range(len(prepared.schedulers))]
-        dataloaders = [
-            load(directory, _name("dataloader", i)) if hasattr(d, "load_state_dict") else None
-            for i, d in enumerate(prepared.dataloaders)
-        ]
-        customs = [load(directory, f"custom_checkpoint_{i}.pt") for i in range(len(self.custom_objects))]
-        scaler = load(directory, "scaler.pt") if (directory / "scaler.pt").is_file() else None
-        process_index = accelerator.process.process_index
-        rng_file = f"random_states_{process_index}.pt"
-        rng = load(directory, rng_file) if (directory / rng_file).is_file() else None
-
+        states = loading.read_states(accelerator, checkpoint, self.custom_objects)
         models = list(prepared.models)
         for hook in list(self.load_hooks.values()):
-            hook(models, str(directory))
-        saved_models = metadata.get("saved_models", list(range(len(models))))
-        hooks = accelerator.hooks
-        for i, model in enumerate(prepared.models):
-            if any(m is model for m in models) and i in saved_models:
-                hooks.load_model(accelerator, _uncompiled(model), str(directory), i, strict)
+            hook(models, str(checkpoint.directory))
+        saved_models = loading.saved_models(checkpoint, len(models))
+        loaded = [(i, _uncompiled(model)) for i, model in enumerate(prepared.models)
+                  if any(m is model for m in models) and i in saved_models]
+        for i, model in loaded:
+            hooks.check_model(accelerator, model, checkpoint, i, strict)
         for i, optimizer in enumerate(prepared.optimizers):
-            hooks.load_optimizer(accelerator, optimizer, str(directory), i)
-        for scheduler, state in zip(prepared.schedulers, schedulers):
-            scheduler.load_state_dict(state)
-        for dataloader, state in zip(prepared.dataloaders, dataloaders):
-            if state is not None:
-                dataloader.load_state_dict(state)
-        for obj, state in zip(self.custom_objects, customs):
-            obj.load_state_dict(state)
-        if scaler is not None:
-            accelerator.precision.load_state_dict(scaler)
-        accelerator.gradient_state.step = int(metadata.get("step", 0))
-        if accelerator.project_configuration.automatic_checkpoint_naming:
-            accelerator.project_configuration.iteration = int(metadata.get("iteration", 0)) + 1
-        if rng is not None:
-            set_rng_states(rng)
-        else:
-            warnings.warn(
-                f"checkpoint {directory} has no RNG state for process {process_index} "
-                f"(saved by {metadata.get('num_processes')} processes): random streams start afresh",
-                stacklevel=2,
-            )
-        return str(directory)
-
-    @staticmethod
-    def _load_file(directory: Path, name: str) -> Any:
-        path = directory / name
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise CheckpointError(f"checkpoint {directory} has no file {name!r}; nothing was loaded") from None
-        except Exception as exc:
-            raise CheckpointError(
-                f"checkpoint file {path} could not be loaded safely ({type(exc).__name__}: {exc}); nothing was loaded"
-            ) from None
+            hooks.check_optimizer(accelerator, optimizer, checkpoint, i)
+        return checkpoint, states, loaded
 
     # ------------------------------------------------------------------ exports
     def save_model(self, model: torch.nn.Module, save_directory: str | os.PathLike[str],

@@ -99,10 +99,22 @@ def split_tensors(obj: Any, tensors: dict[str, torch.Tensor], path: str = "") ->
     return obj
 
 
+def tensor_ref(obj: Any) -> str | None:
+    """The key of the tensor :func:`split_tensors` put in place of ``obj``, or ``None`` when ``obj`` is not one."""
+    if isinstance(obj, dict) and len(obj) == 1 and _TENSOR_REF in obj:
+        return str(obj[_TENSOR_REF])
+    return None
+
+
 def join_tensors(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
-    """Undo :func:`split_tensors`."""
+    """Undo :func:`split_tensors`; :class:`~plait.errors.CheckpointError` for a tensor ``tensors`` lacks."""
     if isinstance(obj, dict):
         if set(obj) == {_TENSOR_REF}:
+            if obj[_TENSOR_REF] not in tensors:
+                raise CheckpointError(
+                    f"optimizer state refers to tensor {obj[_TENSOR_REF]!r}, which its tensors file lacks: "
+                    f"the two files are not of one checkpoint"
+                )
             return tensors[obj[_TENSOR_REF]]
         return {k: join_tensors(v, tensors) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

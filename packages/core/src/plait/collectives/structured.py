@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -25,9 +26,22 @@ class Collectives:
 
     :param environment: this process's place in the job.
     :param device: this process's device (where collectives put the tensors they make).
-    :param debug: check that tensors have the same shape on every process before a
-        collective, so that a mismatch is an error instead of a hang (``PLAIT_DEBUG=1``).
+    :param debug: before each collective (and each backward), compare across processes what they are
+        about to do and the shapes of their tensors, so that a mismatch is an error on every process
+        instead of a hang (``PLAIT_DEBUG=1``).
+
+    When a wait for the other processes times out, the error names the processes that did not
+    arrive and what the others were waiting in (:class:`~plait.errors.CollectiveTimeoutError`).
     """
+
+    #: How many collectives this object ran (the ``#7`` of its reports).
+    calls: int = 0
+    #: How many backward calls :meth:`check_operation` saw (with ``debug`` only).
+    backward_calls: int = 0
+    #: Where this process's dataloaders stand, in words, for the reports (the preparer sets it).
+    progress: Callable[[], str] | None = None
+    #: True inside ``join_uneven_inputs``: processes then call backward different numbers of times on purpose.
+    uneven_inputs: bool = False
 
     def __init__(self, environment: ProcessEnvironment, device: torch.device, debug: bool = False) -> None:
         self.environment = environment
@@ -62,6 +76,17 @@ class Collectives:
 
     def barrier(self) -> None:
         """Block until every process has reached this point."""
+
+    # ------------------------------------------------------------------ hangs named
+    def check_operation(self, operation: str) -> None:
+        """With ``debug``, before ``operation`` (``"backward"``: its gradient synchronisation) compare what
+        every process is about to do, and raise :class:`~plait.errors.CollectiveMismatchError` on every
+        process when they differ. One process: nothing to compare."""
+
+    def raise_if_timed_out(self, error: BaseException, operation: str) -> None:
+        """Raise :class:`~plait.errors.CollectiveTimeoutError` (from ``error``) when ``error`` is a timeout of
+        ``operation``'s wait for the other processes; otherwise return, and the caller re-raises ``error``.
+        One process: nothing to wait for."""
 
     # ------------------------------------------------------------------ HF Accelerate's operations
     def gather(self, tensor: Any) -> Any:

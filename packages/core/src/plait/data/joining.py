@@ -42,9 +42,14 @@ def join_uneven_inputs(accelerator: Accelerator, joinables: list[Any], even_batc
         )
     from torch.distributed.algorithms.join import Join
 
+    # Uneven inputs are legitimate here: debug's check before backward (which the processes that ran out no
+    # longer call; Join answers their gradient all-reduce) is off for the duration.
+    collectives, uneven = accelerator.collectives, accelerator.collectives.uneven_inputs
+    collectives.uneven_inputs = not even_batches
     try:
         with Join(joinables, enable=not even_batches, throw_on_early_termination=False):
             yield
     finally:
+        collectives.uneven_inputs = uneven
         for sampler, value in saved:
             sampler.even_batches = value

@@ -141,6 +141,8 @@ class DataLoaderShard(DataLoader[Any]):
         self.epoch = 0
         #: ``position``, in a list the iteration updates in place: no attribute is set per batch.
         self._cursor = [0]
+        #: Batches the last complete pass yielded (``None`` before the first one ends), for the hang reports.
+        self.last_pass_batches: int | None = None
         self._skip = 0
 
     @property
@@ -178,6 +180,15 @@ class DataLoaderShard(DataLoader[Any]):
                     total -= 1  # the last global batch has no rows for this process
         return total
 
+    def describe_position(self) -> str:
+        """Where this loader stands, in words (``"5 batches yielded in epoch 0"``): the collectives' timeout
+        and debug reports say it of each process, so uneven batches show."""
+        if self.position or self in self.gradient_state.active_dataloaders:
+            return f"{self.position} batches yielded in epoch {self.epoch}"
+        if self.last_pass_batches is not None:
+            return f"epoch {self.epoch - 1} finished after {self.last_pass_batches} batches"
+        return "not started"
+
     def set_epoch(self, epoch: int) -> None:
         """Start counting epochs at ``epoch`` (propagated to the sampler and dataset each pass)."""
         self.epoch = epoch
@@ -210,7 +221,10 @@ class DataLoaderShard(DataLoader[Any]):
                 # The common case, in this very generator: one Python frame resumes per batch.
                 skippable.skip = skip
                 total, position, remainder, cursor = len(skippable), skip, self.remainder, self._cursor
+                preemption = state.preemption  # armed by accelerator.resume(): SIGTERM saves between two steps
                 for batch in DataLoader.__iter__(self):
+                    if preemption is not None and state.sync_gradients:
+                        preemption.at_step_boundary()
                     position += 1
                     cursor[0] = position
                     if position >= total:
@@ -224,6 +238,7 @@ class DataLoaderShard(DataLoader[Any]):
                 yield from dispatched(source, self.layout, state, rows, skip, self._cursor, place)
             else:
                 yield from self._without_length(skip, place)
+            self.last_pass_batches = self.position
             self.epoch += 1
             self.position = 0
         finally:
@@ -255,7 +270,10 @@ class DataLoaderShard(DataLoader[Any]):
                 return
             position += 1
         current = next(iterator, _END)
+        state, preemption = self.gradient_state, self.gradient_state.preemption
         while current is not _END:
+            if preemption is not None and state.sync_gradients:
+                preemption.at_step_boundary()
             following = next(iterator, _END)
             position += 1
             self._cursor[0] = position

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import torch
 
     from plait.accelerator import Accelerator
-    from plait.checkpoint import CheckpointWriter
+    from plait.checkpoint import CheckpointReader, CheckpointWriter
     from plait.collectives import Collectives
     from plait.config import Config
     from plait.precision import Precision
@@ -135,16 +135,30 @@ class Hooks:
     def save_model(self, accelerator: Accelerator, model: torch.nn.Module, writer: CheckpointWriter, index: int) -> None:
         self._hook.plait_save_model(accelerator=accelerator, model=model, writer=writer, index=index)
 
+    def check_model(
+        self, accelerator: Accelerator, model: torch.nn.Module, checkpoint: CheckpointReader, index: int, strict: bool
+    ) -> bool:
+        """Whether a plugin checked the model's saved state (``False``: none did, it is loaded unchecked)."""
+        return bool(self._hook.plait_check_model(
+            accelerator=accelerator, model=model, checkpoint=checkpoint, index=index, strict=strict))
+
     def load_model(
-        self, accelerator: Accelerator, model: torch.nn.Module, directory: str, index: int, strict: bool
+        self, accelerator: Accelerator, model: torch.nn.Module, checkpoint: CheckpointReader, index: int, strict: bool
     ) -> None:
-        self._hook.plait_load_model(accelerator=accelerator, model=model, directory=directory, index=index, strict=strict)
+        self._hook.plait_load_model(accelerator=accelerator, model=model, directory=str(checkpoint.directory),
+                                    index=index, strict=strict, checkpoint=checkpoint)
 
     def save_optimizer(self, accelerator: Accelerator, optimizer: Any, writer: CheckpointWriter, index: int) -> None:
         self._hook.plait_save_optimizer(accelerator=accelerator, optimizer=optimizer, writer=writer, index=index)
 
-    def load_optimizer(self, accelerator: Accelerator, optimizer: Any, directory: str, index: int) -> None:
-        self._hook.plait_load_optimizer(accelerator=accelerator, optimizer=optimizer, directory=directory, index=index)
+    def check_optimizer(self, accelerator: Accelerator, optimizer: Any, checkpoint: CheckpointReader, index: int) -> bool:
+        """Whether a plugin checked the optimizer's saved state (``False``: none did, it is loaded unchecked)."""
+        return bool(self._hook.plait_check_optimizer(
+            accelerator=accelerator, optimizer=optimizer, checkpoint=checkpoint, index=index))
+
+    def load_optimizer(self, accelerator: Accelerator, optimizer: Any, checkpoint: CheckpointReader, index: int) -> None:
+        self._hook.plait_load_optimizer(accelerator=accelerator, optimizer=optimizer,
+                                        directory=str(checkpoint.directory), index=index, checkpoint=checkpoint)
 
     def get_state_dict(self, accelerator: Accelerator, model: torch.nn.Module, unwrap: bool) -> dict[str, Any]:
         return cast("dict[str, Any]", self._hook.plait_get_state_dict(accelerator=accelerator, model=model, unwrap=unwrap))

@@ -12,8 +12,8 @@ class GradientState:
     schedulers and dataloaders hold a reference to their accelerator's state.
     """
 
-    __slots__ = ("active_dataloaders", "end_of_dataloader", "num_steps", "plugin_kwargs", "remainder", "step",
-                 "sync_gradients")
+    __slots__ = ("active_dataloaders", "end_of_dataloader", "num_steps", "plugin_kwargs", "preemption", "remainder",
+                 "step", "sync_gradients")
 
     def __init__(self, num_steps: int, plugin_kwargs: dict[str, Any] | None = None) -> None:
         self.num_steps = num_steps
@@ -27,6 +27,9 @@ class GradientState:
         self.active_dataloaders: list[Any] = []
         #: Micro-steps taken since the last synchronisation (advanced by ``accumulate``).
         self.step = 0
+        #: ``accelerator.resume()``'s :class:`~plait.resume.Preemption`: prepared dataloaders call its
+        #: ``at_step_boundary()`` before each batch that follows a synchronised step; ``None`` until armed.
+        self.preemption: Any = None
 
     @property
     def accumulation_steps(self) -> int:

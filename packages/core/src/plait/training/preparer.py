@@ -25,6 +25,8 @@ class Preparer:
 
     def __init__(self, accelerator: Accelerator) -> None:
         self.accelerator = accelerator
+        # A timed-out or mismatched collective says where each process's prepared dataloaders stand.
+        accelerator.collectives.progress = accelerator.prepared.describe_dataloaders
 
     def prepare(self, *args: Any, device_placement: Sequence[bool] | None = None) -> Any:
         """Prepare models, optimizers, schedulers and dataloaders, in any mix and order.

@@ -34,6 +34,12 @@ class PreparedRegistry:
     def dataloaders(self) -> tuple[Any, ...]:
         return tuple(self._objects["dataloader"])
 
+    def describe_dataloaders(self) -> str:
+        """Where each prepared dataloader stands (``"dataloader 0: 5 batches yielded in epoch 0"``): what the
+        collectives' timeout and debug reports say of this process."""
+        loaders = [d for d in self._objects["dataloader"] if hasattr(d, "describe_position")]
+        return "; ".join(f"dataloader {i}: {d.describe_position()}" for i, d in enumerate(loaders))
+
     @property
     def optimizer_step_was_skipped(self) -> bool:
         """Whether the last step of a prepared optimizer was skipped (fp16 found inf or nan gradients)."""
