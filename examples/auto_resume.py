@@ -61,6 +61,7 @@ def main() -> None:
     steps = 0
     for epoch in range(start.epoch, args.epochs):  # resume
         model.train()
+        loss = None  # a checkpoint saved after an epoch's last batch resumes into an empty rest of that epoch
         for inputs, labels in train:
             loss = nn.functional.cross_entropy(model(inputs), labels)
             accelerator.backward(loss)
@@ -70,7 +71,8 @@ def main() -> None:
             steps += 1
             if steps % args.save_every == 0:
                 accelerator.save_state()  # resume
-        accelerator.print(f"epoch {epoch}: last loss {loss.item():.4f}")
+        if loss is not None:
+            accelerator.print(f"epoch {epoch}: last loss {loss.item():.4f}")
     accelerator.save_model(model, os.path.join(args.project_dir, "final"))
     accelerator.end_training()
 

@@ -26,7 +26,7 @@ import datetime
 import socket
 import time
 
-from torch._C._distributed_c10d import PrefixStore, Store, TCPStore  # torch.distributed.TCPStore... for mypy
+from torch.distributed import PrefixStore, Store, TCPStore  # type: ignore[attr-defined]  # torch does not declare them exported
 from torch.distributed.elastic.rendezvous import (
     RendezvousClosedError,
     RendezvousConnectionError,

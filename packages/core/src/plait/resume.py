@@ -10,7 +10,8 @@ and a preemption (SIGTERM), needs five lines::
     for epoch in range(start.epoch, epochs):      # and every few steps: accelerator.save_state()
 
 ``resume()`` loads the newest complete checkpoint of ``<project_dir>/checkpoints`` (a first
-start, with none, just starts), makes every prepared dataloader's next pass continue
+start, with none, just starts; a newest one that fails verification is skipped with a warning
+for the one before it, and when none loads its error is raised), makes every prepared dataloader's next pass continue
 after the batches the checkpoint had consumed, and arms preemption: after a SIGTERM
 every process finishes its current optimizer step, the processes agree on the step at
 which to stop, save a checkpoint and exit with :data:`PREEMPTED_EXIT_CODE` (143, 128 +
@@ -69,13 +70,27 @@ def resume(accelerator: Accelerator) -> ResumePoint:
             f"<project_dir>/checkpoints, and a preempted run saves one there"
         )
     from plait.checkpoint import directory as checkpoint_directory
+    from plait.errors import CheckpointError
 
     found = checkpoint_directory.automatic_checkpoints(Path(project.project_dir) / "checkpoints")
-    # Every process must load the same checkpoint, even if one appears while they look.
-    newest = accelerator.collectives.broadcast_object_list([str(found[-1][1]) if found else None])[0]
-    point = ResumePoint(None)
+    # Every process must try the same checkpoints, even if one appears while they look.
+    candidates = accelerator.collectives.broadcast_object_list([[str(path) for _, path in reversed(found)]])[0]
+    point, newest, refused = ResumePoint(None), None, []
+    for candidate in candidates:
+        try:
+            accelerator.load_state(candidate)  # every process refuses alike, so all fall back alike
+        except CheckpointError as error:
+            refused.append(error)
+            continue
+        newest = candidate
+        break
+    if refused and newest is None:
+        raise refused[0]  # no checkpoint fits: never start afresh silently over a run's checkpoints
+    if refused:
+        warnings.warn(f"resume() loaded {newest}, not the newer checkpoints that were refused: "
+                      f"{'; '.join(str(e) for e in refused)}", stacklevel=3)
+        project.iteration = int(Path(candidates[0]).name.rsplit("_", 1)[1]) + 1  # the next save goes after them, never into a refused one
     if newest is not None:
-        accelerator.load_state(newest)
         loaders = list(accelerator.prepared.dataloaders)
         for loader in loaders:
             skip_next = getattr(loader, "skip_next", None)
