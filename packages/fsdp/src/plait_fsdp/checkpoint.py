@@ -15,7 +15,7 @@ Loading looks at what the checkpoint holds, not at the current option, and resha
 checkpoint saved by N processes loads into any number. It is all or nothing: :func:`check_model` and
 :func:`check_optimizer` refuse, from DCP's metadata, the safetensors headers and the small ``.pt`` files
 (read once: the load takes those reads), what does not fit, before anything changes; DCP folders are read
-only through :mod:`plait_fsdp.dcp_reader` (no pickle but DCP's metadata classes, only listed files).
+only through :mod:`plait.checkpoint.dcp_reader` (no pickle but DCP's metadata classes, only listed files).
 Imported from hook bodies only.
 """
 
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from plait.checkpoint.dcp_reader import ListedFilesReader, read_metadata, saved_shapes
 from plait.checkpoint.default_state import (
     check_class,
     check_optimizer_state,
@@ -39,7 +40,6 @@ from plait.checkpoint.default_state import (
 )
 from plait.checkpoint.tensor_files import check_shapes, state_dict_to_safetensors
 from plait.errors import CheckpointError
-from plait_fsdp.dcp_reader import ListedFilesReader, read_metadata, saved_shapes
 from plait_fsdp.wrapping import is_sharded
 
 if TYPE_CHECKING:

@@ -314,32 +314,31 @@ def find_sharded_weights(checkpoint_dir: str | os.PathLike[str], index: int = 0)
     return source
 
 
-def consolidate_weights(source: Path) -> dict[str, torch.Tensor]:
+def consolidate_weights(source: Path, listed: list[str] | None = None) -> dict[str, torch.Tensor]:
     """Every tensor of a torch.distributed.checkpoint folder, whole and on the CPU, read by this process alone
-    (or a safetensors file's tensors). Non-tensor entries are skipped: DCP would unpickle them unchecked."""
+    (or a safetensors file's tensors), through the restricted reader (:mod:`plait.checkpoint.dcp_reader`: a
+    crafted ``.metadata`` runs nothing; ``listed``: the folder's file names a manifest lists, all of them when
+    ``None``). HF Accelerate's ``{"model": state_dict}`` comes back under the model's own names."""
     from plait.checkpoint.tensor_files import load_safetensors
 
     if source.is_file():
         return load_safetensors(source)
-    from torch.distributed.checkpoint.filesystem import FileSystemReader
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
     from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
-    metadata = FileSystemReader(str(source)).read_metadata()
-    state = {key: torch.empty(entry.size, dtype=entry.properties.dtype)
+    from plait.checkpoint.dcp_reader import ListedFilesReader, read_metadata
+
+    names = listed if listed is not None else [p.name for p in source.iterdir() if p.is_file()]
+    metadata = read_metadata(source, names)
+    state = {key: torch.empty(entry.size, dtype=entry.properties.dtype)  # tensors only: read_metadata checked
              for key, entry in metadata.state_dict_metadata.items() if isinstance(entry, TensorStorageMetadata)}
-    skipped = sorted(set(metadata.state_dict_metadata) - set(state))
-    if skipped:
-        warnings.warn(f"{source}: entries that are not tensors were not merged: {skipped[:5]}", stacklevel=2)
     with warnings.catch_warnings():  # DCP warns that it "assumes" one process even when told so
         warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
-        dcp_load(state, checkpoint_id=str(source), no_dist=True)
-    # HF Accelerate saves {"model": state_dict}: DCP flattens it to "model.<name>"; give back the model's names.
+        dcp_load(state, storage_reader=ListedFilesReader(source, names), no_dist=True)
     paths: dict[str, Any] = metadata.planner_data if isinstance(metadata.planner_data, dict) else {}
-    nested = [paths.get(key) for key in state]
-    pairs = [p for p in nested if isinstance(p, tuple) and len(p) == 2]
-    if state and len(pairs) == len(state) and len({p[0] for p in pairs}) == 1:
-        state = {str(path[1]): tensor for path, tensor in zip(pairs, state.values())}
+    pairs: list[Any] = [paths.get(key) for key in state]
+    if state and all(isinstance(p, tuple) and len(p) == 2 for p in pairs) and len({p[0] for p in pairs}) == 1:
+        return {str(path[1]): tensor for path, tensor in zip(pairs, state.values())}
     return state
 
 

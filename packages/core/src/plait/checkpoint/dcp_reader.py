@@ -11,7 +11,7 @@ optimizers, 1 and 2 processes), and the result is checked before DCP sees it:
   (verified by checksum), at a plain offset, with no stream transform.
 
 :class:`ListedFilesReader` is the ``FileSystemReader`` DCP loads through: its ``read_metadata`` is the
-restricted one, and it reads no bytes entry. Imported from hook bodies only.
+restricted one, and it reads no bytes entry. Imported when a DCP folder is read (fsdp, merge_fsdp_weights).
 """
 
 from __future__ import annotations
