@@ -37,7 +37,7 @@ def make_dataset(n: int = 8192, features: int = 32, classes: int = 8) -> TensorD
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--project-dir", required=True, help="where checkpoints and the final weights are written")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=14)
     parser.add_argument("--batch-size", type=int, default=32, help="per process")
     parser.add_argument("--save-every", type=int, default=25, help="optimizer steps between checkpoints")
     args = parser.parse_args()
