@@ -83,12 +83,7 @@ def encode(value: Any) -> Any:
                 raise
             changed = changed or new is not item
             items.append((key, new))
-        if not changed:
-            return value
-        copy = kind(items) if kind is not Counter else Counter(dict(items))
-        if kind is not dict:  # an OrderedDict's attributes (a module state dict's _metadata)
-            copy.__dict__.update(vars(value))
-        return copy
+        return _rebuilt(value, items) if changed else value
     if kind is list or kind is tuple:
         new_items = []
         for i, item in enumerate(value):
@@ -111,6 +106,15 @@ def encode(value: Any) -> Any:
     if kind.__module__ == "numpy":
         return _encode_numpy(value)
     raise UnsafeValue(value)
+
+
+def _rebuilt(value: Any, items: list[tuple[Any, Any]]) -> Any:
+    """A mapping of ``value``'s kind holding ``items``, with its attributes (an OrderedDict's ``_metadata``)."""
+    kind = type(value)
+    copy = kind(items) if kind is not Counter else Counter(dict(items))
+    if kind is not dict:  # an OrderedDict's attributes (a module state dict's _metadata)
+        copy.__dict__.update(vars(value))
+    return copy
 
 
 def _key(key: Any) -> None:
@@ -169,10 +173,7 @@ def decode(value: Any) -> Any:
         items = [(key, decode(item) if type(item) not in _LEAVES else item) for key, item in value.items()]
         if all(new is old for (_, new), old in zip(items, value.values())):
             return value
-        copy = kind(items) if kind is not Counter else Counter(dict(items))
-        if kind is not dict:  # an OrderedDict's attributes (a module state dict's _metadata)
-            copy.__dict__.update(vars(value))
-        return copy
+        return _rebuilt(value, items)
     if kind is list or kind is tuple:
         new_items = [decode(item) if type(item) not in _LEAVES else item for item in value]
         if all(a is b for a, b in zip(new_items, value)):

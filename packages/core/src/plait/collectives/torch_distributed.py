@@ -8,6 +8,7 @@ operations (uneven batches) or tensors of different shapes get an error instead 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -92,76 +93,47 @@ class TorchCollectives(Collectives):
             )
 
     # ------------------------------------------------------------------ the primitives
-    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+    def _wait(self, operation: str, collective: Callable[..., Any], *args: Any,
+              tensor: torch.Tensor | None = None, **kwargs: Any) -> None:
+        """Count the call, compare with the other processes first (``debug``), run ``collective(*args,
+        **kwargs)``; a timed-out wait raises :class:`~plait.errors.CollectiveTimeoutError` naming them."""
         self.calls += 1
+        try:
+            if self.debug:
+                self._check(operation, tensor)
+            collective(*args, **kwargs)
+        except RuntimeError as error:
+            self.raise_if_timed_out(error, operation)
+            raise
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.contiguous()
         if tensor.dim() == 0:
             tensor = tensor[None]
         out = tensor.new_empty((self.num_processes * tensor.shape[0], *tensor.shape[1:]))
-        try:
-            if self.debug:
-                self._check("gather", tensor)
-            _all_gather_single(out, tensor)
-        except RuntimeError as error:
-            self.raise_if_timed_out(error, "gather")
-            raise
+        self._wait("gather", _all_gather_single, out, tensor, tensor=tensor)
         return out
 
     def all_reduce(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
         if op == "none":
             return tensor
-        self.calls += 1
-        try:
-            if self.debug:
-                self._check("reduce", tensor)
-            dist.all_reduce(tensor, _OPS[op])
-        except RuntimeError as error:
-            self.raise_if_timed_out(error, "reduce")
-            raise
+        self._wait("reduce", dist.all_reduce, tensor, _OPS[op], tensor=tensor)
         if op == "mean":
             tensor = tensor / self.num_processes
         return tensor
 
     def broadcast_tensor(self, tensor: torch.Tensor, from_process: int) -> torch.Tensor:
-        self.calls += 1
-        try:
-            if self.debug:
-                self._check("broadcast", tensor)
-            dist.broadcast(tensor, src=from_process)
-        except RuntimeError as error:
-            self.raise_if_timed_out(error, "broadcast")
-            raise
+        self._wait("broadcast", dist.broadcast, tensor, src=from_process, tensor=tensor)
         return tensor
 
     def gather_objects(self, obj: Any) -> list[Any]:
-        self.calls += 1
         every: list[Any] = [None] * self.num_processes
-        try:
-            if self.debug:
-                self._check("gather_object")
-            dist.all_gather_object(every, obj)
-        except RuntimeError as error:
-            self.raise_if_timed_out(error, "gather_object")
-            raise
+        self._wait("gather_object", dist.all_gather_object, every, obj)
         return every
 
     def broadcast_objects(self, objects: list[Any], from_process: int) -> list[Any]:
-        self.calls += 1
-        try:
-            if self.debug:
-                self._check("broadcast_object_list")
-            dist.broadcast_object_list(objects, src=from_process)
-        except RuntimeError as error:
-            self.raise_if_timed_out(error, "broadcast_object_list")
-            raise
+        self._wait("broadcast_object_list", dist.broadcast_object_list, objects, src=from_process)
         return objects
 
     def barrier(self) -> None:
-        self.calls += 1
-        try:
-            if self.debug:
-                self._check("barrier")
-            dist.barrier()
-        except RuntimeError as error:
-            self.raise_if_timed_out(error, "barrier")
-            raise
+        self._wait("barrier", dist.barrier)
