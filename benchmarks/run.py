@@ -93,7 +93,12 @@ def markdown(results: dict[str, Any]) -> str:
         "of the trials, since on a shared VM the noise of a save (page-cache allocation, other tenants' I/O) "
         "is several times the difference measured; loads: warm right after save, cold "
         "after `posix_fadvise(DONTNEED)` of every file. Raw loads include `load_state_dict` as the "
-        "accelerators do.",
+        "accelerators do. The load target is judged on loads taking turns inside plait's worker (raw's "
+        "files and plait's checkpoint of the same state, raw twice as the A/A control, every order in "
+        "turn): plait's includes every check (manifest, each file's XXH3 checksum, each state against its "
+        "target). plait hashes each file from a copy-on-write mapping and loads the tensors from that "
+        "mapping; the optimizer's state tensors stay views of it, so the first `optimizer.step()` after "
+        "the load copies the pages it writes, where raw's `torch.load` copies them during the load.",
     ]
     startup = results["benchmarks"].get("startup")
     heavy = heaviest_imports_over_target(startup) if startup else None

@@ -428,3 +428,63 @@ def test_a_checkpoint_without_this_process_s_rng_state_loads_with_a_warning(tmp_
     assert record[0].filename == __file__  # the warning points at the caller's load_state
     assert torch.equal(torch.get_rng_state(), rng)
     assert torch.equal(model.weight, train()[1].weight)  # the weights were loaded
+
+
+# --------------------------------------------------------------------------- one pass: verified files read once
+def rewrite_header(path: Path, change: Any) -> None:
+    """Rewrite a safetensors file's header (``change`` edits the parsed JSON) keeping its data, and relist it."""
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    change(header)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + size:])
+    relist(path.parent, path.name)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda h: h["weight"].update(data_offsets=[0, 10**9]), r"tensor 'weight' of shape \[2, 4\] does not fit its bytes"),
+        (lambda h: h["weight"].update(dtype="F64"), r"tensor 'weight' of shape \[2, 4\] does not fit its bytes"),
+        (lambda h: h["weight"].update(shape=[3, 4]), r"key 'weight' has shape \(3, 4\) but the model's is \(2, 4\)"),
+        (lambda h: h["weight"].pop("data_offsets"), r"malformed safetensors header at 'weight'"),
+    ],
+)
+def test_a_safetensors_header_that_does_not_describe_its_bytes_is_refused(tmp_path, change, message):
+    """The verified mapping is read by plait's own header parser: a crafted header whose manifest vouches for
+    it (offsets past the end, a shape its bytes cannot hold) is refused by name, never read out of bounds."""
+    path = saved(tmp_path)
+    rewrite_header(path / "model.safetensors", change)
+    error = refused_and_unchanged(path, message)
+    assert str(path / "model.safetensors") in error
+
+
+def test_loaded_tensors_are_the_verified_bytes_and_training_never_writes_the_checkpoint(tmp_path):
+    """The model and optimizer state come from the mapping the checksum was computed on, exactly; training
+    after the load writes copy-on-write pages, so the checkpoint still verifies, and a second load from it
+    restores the same numbers again."""
+    from plait.checkpoint import verify
+    from plait.checkpoint.tensor_files import load_safetensors
+
+    accelerator, model, optimizer, scheduler = train()
+    path = Path(accelerator.save_state(tmp_path / "ckpt"))
+    expected = frozen(model, optimizer, scheduler)
+    for _ in range(3):
+        accelerator.backward(model(torch.ones(3, 4)).sum())
+        optimizer.step()
+        optimizer.zero_grad()
+    accelerator.load_state(path)
+    assert_unchanged(model, optimizer, scheduler, {**expected, "rng": torch.get_rng_state()})
+    for _ in range(3):  # AdamW updates its exp_avg/exp_avg_sq in place: views of the mapping
+        accelerator.backward(model(torch.ones(3, 4)).sum())
+        optimizer.step()
+        optimizer.zero_grad()
+    verify(path)
+    on_disk = load_safetensors(path / "optimizer.safetensors")
+    for name in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(on_disk[f"state.0.{name}"], expected["optimizer"]["state"][0][name])
+        assert not torch.equal(optimizer.state_dict()["state"][0][name], expected["optimizer"]["state"][0][name])
+    accelerator.load_state(path)
+    assert_unchanged(model, optimizer, scheduler, {**expected, "rng": torch.get_rng_state()})

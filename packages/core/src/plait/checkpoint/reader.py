@@ -13,7 +13,7 @@ that the hook specifications can name :class:`CheckpointReader` without making `
 from __future__ import annotations
 
 import json
-import struct
+import mmap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 
 #: The manifest's file name (the same as :data:`plait.checkpoint.writer.MANIFEST`, without importing it).
 _MANIFEST = "plait_checkpoint.json"
-#: A safetensors header larger than this is not a header but a damaged or crafted file.
-_MAX_HEADER = 100 * 1024 * 1024
 _ALIASES_KEY = "plait_aliases"
 
 
@@ -62,15 +60,18 @@ class CheckpointReader:
 
     :param directory: the checkpoint directory (made absolute).
     :param manifest: its verified manifest.
+    :param mappings: copy-on-write mappings of verified files, from which their first load reads.
     """
 
-    def __init__(self, directory: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, directory: Path, manifest: dict[str, Any], mappings: dict[str, mmap.mmap] | None = None) -> None:
         self.directory = Path(directory).absolute()
         self.manifest = manifest
         self.metadata: dict[str, Any] = manifest.get("metadata", {})
         self._files: dict[str, Any] = manifest.get("files", {})
         # A file read by a check and then by the load is unpickled once: the second read takes the first's result.
         self._once: dict[str, Any] = {}
+        # Files mapped while they were verified: the first load of each reads the verified pages.
+        self._mappings = dict(mappings or {})
 
     def __repr__(self) -> str:
         return f"CheckpointReader({str(self.directory)!r}, {len(self._files)} files)"
@@ -108,12 +109,15 @@ class CheckpointReader:
         return value
 
     def load_safetensors(self, name: str) -> dict[str, torch.Tensor]:
-        """Listed safetensors file ``name`` as a state dict, tied tensors restored from its metadata."""
-        from plait.checkpoint.tensor_files import load_safetensors
+        """Listed safetensors file ``name`` as a state dict, tied tensors restored from its metadata. The
+        first load of a file mapped while it was verified returns views of that mapping (written
+        copy-on-write, never to the file); later loads read the file again."""
+        from plait.checkpoint.tensor_files import load_safetensors, safetensors_from_buffer
 
         path = self.path(name)
+        mapping = self._mappings.pop(name, None)
         try:
-            return load_safetensors(path)
+            return safetensors_from_buffer(mapping, path) if mapping is not None else load_safetensors(path)
         except CheckpointError:
             raise
         except Exception as exc:
@@ -143,20 +147,11 @@ class CheckpointReader:
             ) from None
         return shapes
 
-    @staticmethod
-    def _safetensors_header(path: Path) -> dict[str, Any]:
+    def _safetensors_header(self, path: Path) -> dict[str, Any]:
+        from plait.checkpoint.tensor_files import safetensors_header
+
+        mapping = self._mappings.get(path.relative_to(self.directory).as_posix())
+        if mapping is not None:
+            return safetensors_header(mapping[:8], lambda size: mapping[8:8 + size], path)[0]
         with open(path, "rb") as f:
-            start = f.read(8)
-            size = struct.unpack("<Q", start)[0] if len(start) == 8 else -1
-            if not 0 < size <= _MAX_HEADER:
-                raise CheckpointError(f"checkpoint file {path} is not a safetensors file (no header); nothing was loaded")
-            raw = f.read(size)
-        try:
-            header = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(
-                f"checkpoint file {path} has a malformed safetensors header ({exc}); nothing was loaded"
-            ) from None
-        if not isinstance(header, dict):
-            raise CheckpointError(f"checkpoint file {path} has a malformed safetensors header; nothing was loaded")
-        return header
+            return safetensors_header(f.read(8), f.read, path)[0]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import mmap
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,19 @@ import torch
 from plait.errors import CheckpointError
 
 ALIASES_KEY = "plait_aliases"
+#: A safetensors header larger than this is not a header but a damaged or crafted file.
+MAX_HEADER = 100 * 1024 * 1024
+#: safetensors' dtype names, as torch names them (those this torch has).
+_DTYPES = {
+    name: getattr(torch, attribute)
+    for name, attribute in (
+        ("F64", "float64"), ("F32", "float32"), ("F16", "float16"), ("BF16", "bfloat16"), ("I64", "int64"),
+        ("I32", "int32"), ("I16", "int16"), ("I8", "int8"), ("U8", "uint8"), ("BOOL", "bool"),
+        ("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64"), ("C64", "complex64"),
+        ("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"),
+    )
+    if hasattr(torch, attribute)
+}
 
 
 def split_shared(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -139,10 +154,74 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
         state = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+    return _with_aliases(state, metadata)
+
+
+def _with_aliases(state: dict[str, torch.Tensor], metadata: Mapping[str, str]) -> dict[str, torch.Tensor]:
     for alias, name in json.loads(metadata.get(ALIASES_KEY, "{}")).items():
         if name in state:  # in a sharded export the tensor may live in another shard
             state[alias] = state[name]
     return state
+
+
+def safetensors_header(start: bytes, read: Any, source: Path) -> tuple[dict[str, Any], int]:
+    """A safetensors file's header and where its data begins, from its first 8 bytes ``start`` and
+    ``read(size)``, which returns the header's bytes; a :class:`~plait.errors.CheckpointError` naming
+    ``source`` for anything that is not a header."""
+    size = struct.unpack("<Q", start)[0] if len(start) == 8 else -1
+    if not 0 < size <= MAX_HEADER:
+        raise CheckpointError(f"checkpoint file {source} is not a safetensors file (no header); nothing was loaded")
+    try:
+        header = json.loads(read(size))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"checkpoint file {source} has a malformed safetensors header ({exc}); nothing was loaded"
+        ) from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"checkpoint file {source} has a malformed safetensors header; nothing was loaded")
+    return header, 8 + size
+
+
+def safetensors_from_buffer(buffer: mmap.mmap, source: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file mapped in memory as a state dict whose tensors are views of the mapping (no copy:
+    the mapping is copy-on-write, so writing a tensor never writes the file). Tied tensors are restored;
+    a header that does not describe the bytes is a :class:`~plait.errors.CheckpointError` naming ``source``.
+    A dtype this parser does not know is read by safetensors itself."""
+    header, base = safetensors_header(buffer[:8], lambda size: buffer[8:8 + size], source)
+    state: dict[str, torch.Tensor] = {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype = _DTYPES.get(entry["dtype"])
+            if dtype is None:
+                return load_safetensors(source)
+            shape = [int(n) for n in entry["shape"]]
+            begin, end = (int(n) for n in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"checkpoint file {source} has a malformed safetensors header at {key!r} ({type(exc).__name__}: "
+                f"{exc}); nothing was loaded"
+            ) from None
+        itemsize = dtype.itemsize
+        count = 1
+        for n in shape:
+            count *= n
+        if min(shape, default=0) < 0 or not 0 <= begin <= end <= len(buffer) - base or end - begin != count * itemsize:
+            raise CheckpointError(
+                f"checkpoint file {source}: tensor {key!r} of shape {shape} does not fit its bytes "
+                f"{begin}..{end} of {len(buffer) - base}; nothing was loaded"
+            )
+        if count == 0:
+            state[key] = torch.empty(shape, dtype=dtype)
+        elif (base + begin) % itemsize:  # misaligned (not written by safetensors): a copy of its own
+            state[key] = torch.frombuffer(bytearray(buffer[base + begin:base + end]), dtype=dtype).view(shape)
+        else:
+            state[key] = torch.frombuffer(buffer, dtype=dtype, count=count, offset=base + begin).view(shape)
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"checkpoint file {source} has a malformed safetensors header; nothing was loaded")
+    return _with_aliases(state, metadata)
 
 
 def check_compatible(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, strict: bool) -> None:

@@ -7,6 +7,8 @@ entries of older manifests are verified too.
 from __future__ import annotations
 
 import hashlib
+import mmap
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,24 @@ def checksum_file(path: Path, algorithm: str = ALGORITHM) -> str:
                 break
             digest.update(view[:n])
     return str(digest.hexdigest())
+
+
+def map_and_checksum(path: Path, algorithm: str = ALGORITHM) -> tuple[mmap.mmap | None, str]:
+    """A file mapped copy-on-write and its checksum, computed from the mapping: the pages of the page cache
+    are hashed where they lie (no copy into a buffer), and what is loaded next is read from the same mapping
+    (:func:`plait.checkpoint.tensor_files.safetensors_from_buffer`), so a verified file is read once.
+    ``None`` for an empty file (it cannot be mapped)."""
+    digest = _new_digest(algorithm)
+    with open(path, "rb") as f:
+        if not os.fstat(f.fileno()).st_size:
+            return None, str(digest.hexdigest())
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    if hasattr(mapping, "madvise"):
+        mapping.madvise(mmap.MADV_SEQUENTIAL)
+    with memoryview(mapping) as view:
+        for start in range(0, len(view), _CHUNK):
+            digest.update(view[start:start + _CHUNK])
+    return mapping, str(digest.hexdigest())
 
 
 class HashingFile:
