@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted((ROOT / "packages").glob("*/src/*"))
 MODULES = sorted(path for source in SOURCES for path in source.rglob("*.py"))
 #: Backend packages of this repository, and the modules every one of them has.
-BACKENDS = ("plait_ddp", "plait_fsdp", "plait_zero")
+BACKENDS = ("plait_ddp", "plait_fsdp", "plait_zero", "plait_xla")
 BACKEND_SHAPE = ("__init__.py", "options.py", "cli.py")
 #: Names a backend package may share with another backend, because they mean the same in each.
 SHARED_BY_BACKENDS = {"options.py", "cli.py", "checkpoint.py"}

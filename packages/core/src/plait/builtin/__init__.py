@@ -157,16 +157,7 @@ def plait_wrap_scheduler(accelerator: Accelerator, scheduler: Any) -> Any:
 def plait_wrap_dataloader(accelerator: Accelerator, dataloader: Any) -> Any:
     from plait.data import DataLoaderShard, ShardLayout
 
-    layout = ShardLayout(
-        num_processes=accelerator.num_processes,
-        process_index=accelerator.process_index,
-        split_batches=accelerator.split_batches,
-        even_batches=accelerator.even_batches,
-        dispatch_batches=accelerator.config.dispatch_batches,
-        data_seed=accelerator.config.data_seed,
-        stateful=bool(accelerator.dataloader_config.use_stateful_dataloader),
-        share=accelerator.collectives.broadcast_object_list,
-    )
+    layout = ShardLayout.of(accelerator)
     place = accelerator.hooks.batch_placer(accelerator, dataloader)
     return DataLoaderShard(dataloader, accelerator.gradient_state, place, layout)
 

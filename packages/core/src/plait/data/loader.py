@@ -45,6 +45,20 @@ class ShardLayout:
     #: ``share([obj])`` returns rank 0's objects on every process (a broadcast).
     share: Callable[[list[Any]], list[Any]] | None = None
 
+    @classmethod
+    def of(cls, accelerator: Any) -> ShardLayout:
+        """The layout an Accelerator's options give (what a backend's ``plait_wrap_dataloader`` starts from)."""
+        return cls(
+            num_processes=accelerator.num_processes,
+            process_index=accelerator.process_index,
+            split_batches=accelerator.split_batches,
+            even_batches=accelerator.even_batches,
+            dispatch_batches=accelerator.config.dispatch_batches,
+            data_seed=accelerator.config.data_seed,
+            stateful=bool(accelerator.dataloader_config.use_stateful_dataloader),
+            share=accelerator.collectives.broadcast_object_list,
+        )
+
     def broadcast(self, *objects: Any) -> list[Any]:
         if self.num_processes == 1 or self.share is None:
             return list(objects)
