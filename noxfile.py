@@ -11,7 +11,8 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["lint", "core", "ddp", "cli", "fsdp", "zero", "trackers", "examples", "all"]
+nox.options.sessions = ["lint", "core", "ddp", "cli", "fsdp", "zero", "trackers", "examples", "all", "build",
+                        "plugins", "docs", "xla"]
 nox.options.reuse_existing_virtualenvs = True
 
 CONSTRAINTS = ("-c", "constraints.txt")
@@ -80,14 +81,18 @@ def trackers(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def examples(session: nox.Session) -> None:
-    """examples/by_feature (HF Accelerate's scripts, for plait) run as a user runs them: `python script.py` and
-    `plait launch --num_processes 2 --cpu script.py`, each checked against its numbers.
+    """examples/ (the first hour's scripts, auto_resume.py) and examples/by_feature (HF Accelerate's scripts, for
+    plait) run as a user runs them: `python script.py` and `plait launch --num_processes 2 --cpu script.py`, each
+    checked against its numbers.
 
-    TensorBoard for tracking.py, schedulefree for schedule_free.py; the fsdp and deepspeed scripts are tested in
-    the fsdp and zero sessions.
+    TensorBoard for tracking.py and the transformers examples, schedulefree for schedule_free.py, transformers for
+    text_classification.py and causal_language_model.py, plait-fsdp and plait-zero for the language model under
+    `--backend fsdp` and `--backend zero --zero-stage 3` (DeepSpeed builds from its sdist: PIP_CONSTRAINT). The
+    by_feature fsdp and deepspeed scripts are tested in the fsdp and zero sessions.
     """
     session.install(*CONSTRAINTS, "-e", "packages/core", "-e", "packages/ddp", "-e", "packages/cli",
-                    "-e", "packages/trackers[tensorboard]", "schedulefree", "pytest")
+                    "-e", "packages/fsdp", "-e", "packages/zero", "-e", "packages/trackers[tensorboard]",
+                    "transformers", "schedulefree", "pytest", env=PIP_CONSTRAINT)
     session.run("pytest", "tests/examples", *session.posargs)
 
 
@@ -120,3 +125,66 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/cli.py", *session.posargs)
     session.run("python", "benchmarks/fsdp.py", *session.posargs)
     session.run("python", "benchmarks/zero.py", *session.posargs)
+
+
+@nox.session(python="3.11")
+def build(session: nox.Session) -> None:
+    """An sdist and a wheel of every packages/*/pyproject.toml into dist/ (emptied first), then tests/packaging:
+    fresh virtualenvs install them as a user would (`pip install --find-links dist 'plait[fsdp,wandb]'`).
+
+    Built without isolation, with the build tool and setuptools pinned in constraints.txt: no download at build time.
+    """
+    import shutil
+
+    session.install(*CONSTRAINTS, "build", "setuptools", "pytest")
+    shutil.rmtree("dist", ignore_errors=True)
+    for project in sorted(Path("packages").glob("*/pyproject.toml")):
+        session.run("python", "-m", "build", "--no-isolation", "--outdir", "dist", str(project.parent))
+    session.run("pytest", "tests/packaging", *session.posargs, env=PIP_CONSTRAINT)
+
+
+@nox.session(python="3.11")
+def plugins(session: nox.Session) -> None:
+    """The plugin author's templates (examples/plugins/*), each pip-installed into this fresh environment beside
+    the checkout's plait packages, listed by `plait plugins`, selected by name, and tested by its own tests."""
+    templates = sorted(project.parent for project in Path("examples/plugins").glob("*/pyproject.toml"))
+    session.install(*CONSTRAINTS, "-e", "packages/core", "-e", "packages/ddp", "-e", "packages/cli", "pytest")
+    session.install(*CONSTRAINTS, *map(str, templates), env=PIP_CONSTRAINT)  # not editable: as a user installs them
+    for template in templates:  # each with its own pytest configuration (its pyproject.toml)
+        session.run("pytest", str(template / "tests"), *session.posargs)
+
+
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    """The documentation site (mkdocs.yml, docs/): `mkdocs build --strict`, so a broken link or reference fails.
+
+    mkdocs-click imports plait-cli to document `plait` with every first-party plugin's commands and flags, and
+    mkdocstrings reads plait's sources; neither needs torch or DeepSpeed, so the packages are installed without
+    their dependencies (and without build isolation: setuptools is pinned) to keep the session short.
+    """
+    session.install(*CONSTRAINTS, "mkdocs", "mkdocs-material", "mkdocs-click", "mkdocstrings[python]", "ruff",
+                    "pluggy", "PyYAML", "click", "setuptools")
+    packages = ("core", "cli", "ddp", "fsdp", "zero", "trackers")
+    session.install(*CONSTRAINTS, "--no-deps", "--no-build-isolation",
+                    *(arg for name in packages for arg in ("-e", f"packages/{name}")))
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(Path(session.create_tmp()) / "site"),
+                env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session(python="3.11")
+def xla(session: nox.Session) -> None:
+    """Core, ddp, plait-cli and the xla backend on torch_xla's CPU device (PJRT_DEVICE=CPU), with its own pins:
+    torch_xla exists for torch 2.9 only (constraints-xla.txt: torch 2.9.0 and torch_xla 2.9.0, about 7 GB with
+    torch's CUDA libraries, ~5 minutes to install). mypy --strict checks plait_xla here, where torch_xla is installed
+    (the lint session runs on torch 2.13 without it).
+
+    Last of the default sessions: tests/xla runs the real torch_xla against the core session's torch 2.13 to see
+    the "undefined symbol" error users meet.
+    """
+    session.install("-c", "constraints-xla.txt", "-e", "packages/core", "-e", "packages/ddp", "-e", "packages/cli",
+                    "-e", "packages/xla", "pytest", "mypy")
+    # torch_xla leaves functions unannotated, as torch does: calling them is not our untyped code.
+    session.run("mypy", "--strict", "--config-file", "pyproject.toml", "--untyped-calls-exclude", "torch",
+                "--untyped-calls-exclude", "click", "--untyped-calls-exclude", "torch_xla", "-p", "plait_xla",
+                env={"MYPYPATH": "packages/core/src:packages/cli/src:packages/xla/src"})
+    session.run("pytest", "tests/xla", *session.posargs, env={"PJRT_DEVICE": "CPU"})

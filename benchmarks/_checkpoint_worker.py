@@ -8,15 +8,10 @@ that its state (two fp32 tensors per parameter) exists.
   the optimizer state dict; loading is ``load_file`` + ``torch.load(weights_only=True)``,
   each followed by ``load_state_dict`` (as the two accelerators do).
 - plait / accelerate: ``accelerator.save_state(dir)`` / ``accelerator.load_state(dir)``.
-
-The plait worker also answers ``load_turns``: raw's files and plait's checkpoint of the same state, loaded in
-turns in this one process (raw, plait and raw again, the A/A control, in every order in turn), so that both meet
-the same memory and page cache: the steadiest comparison of loads on a shared machine.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
 from pathlib import Path
@@ -94,38 +89,9 @@ def main(channel: Channel, contender: str, width_text: str, layers_text: str) ->
         load(Path(path))
         return {"seconds": time.perf_counter() - start}
 
-    def load_turns(path: str, rounds: int) -> dict[str, Any]:
-        from safetensors.torch import load_file, save_file
-
-        target = Path(path)
-        raw_dir, plait_dir = target / "raw", target / "plait"
-        raw_dir.mkdir(parents=True)
-        inner: Any = getattr(optimizer, "optimizer", optimizer)  # the torch optimizer plait's wrapper holds
-        save_file(model.state_dict(), str(raw_dir / "model.safetensors"), metadata={"format": "pt"})
-        torch.save(inner.state_dict(), raw_dir / "optimizer.bin")
-        accelerator.save_state(str(plait_dir))
-
-        def raw_load() -> None:
-            model.load_state_dict(load_file(str(raw_dir / "model.safetensors")))
-            inner.load_state_dict(
-                torch.load(raw_dir / "optimizer.bin", map_location="cpu", weights_only=True))
-
-        loads = {"raw": raw_load, "plait": lambda: accelerator.load_state(str(plait_dir)), "raw_control": raw_load}
-        samples: dict[str, list[float]] = {name: [] for name in loads}
-        # Every order in turn, so that no contender always follows the same one (rotations of one order
-        # would put the control after plait every time).
-        orders = list(itertools.permutations(loads))
-        for r in range(-1, rounds):  # round -1 warms the pages of both checkpoints up
-            for name in orders[r % len(orders)]:
-                start = time.perf_counter()
-                loads[name]()
-                if r >= 0:
-                    samples[name].append(time.perf_counter() - start)
-        return {"seconds": samples, "bytes": {"raw": directory_bytes(raw_dir)[0], "plait": directory_bytes(plait_dir)[0]}}
-
     serve(
         channel,
-        {"save": timed_save, "load": timed_load, "load_turns": load_turns},
+        {"save": timed_save, "load": timed_load},
         {"ready": True, "parameters": parameters, "pid": os.getpid()},
     )
 

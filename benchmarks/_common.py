@@ -106,7 +106,8 @@ def judge(value: float, target: float, *, control: float, per_set: Sequence[floa
     the control is raw_control / raw and ``per_set`` the ratio of each set. For an absolute
     target (``unit`` given) the margin is the target itself and the control is the A/A
     difference (raw_control - raw) in that unit. The row is ``noisy`` when the control is
-    off by more than the margin, or the median over sets is not known to half of it.
+    off by more than the margin, or the median over sets is not known to half of it while the value lies
+    within two of those uncertainties of the target (a value farther away stands whatever the spread).
     """
     met = value >= target if higher_is_better else value <= target
     status = "PASS" if met else "FAIL"
@@ -119,7 +120,7 @@ def judge(value: float, target: float, *, control: float, per_set: Sequence[floa
         margin, off = abs(target), abs(control)
         spread = uncertainty(per_set)
         described = f"A/A control {off:.3g} {unit} off, median known to +-{spread:.3g} {unit}, against {margin:g} {unit}"
-    if off > margin or spread > margin / 2:
+    if off > margin or (spread > margin / 2 and abs(value - target) <= 2 * spread):
         return "noisy", f"not judged: {described}"
     return status, ""
 

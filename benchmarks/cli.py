@@ -41,7 +41,7 @@ METHOD = [
     "`torchrun` (launch) run twice per round, as `raw` and `raw_control`; the A/A control is their difference "
     "(start-up, in seconds) or ratio (launch): what noise alone does.",
     "Start-up rows are judged against an absolute target: noisy when the A/A difference exceeds the target, or "
-    "the rounds spread so widely that the median is not known to half of it. The launch row has no target (info).",
+    "the rounds spread so widely that the median is not known to half of it (unless the value lies more than two such uncertainties from the target). The launch row has no target (info).",
 ]
 
 

@@ -66,7 +66,7 @@ METHOD = [
     "median over launches (fresh processes); times are medians over every call.",
     "A row whose A/A control is off by more than its margin (the target's distance from 1.000x), or whose rounds "
     "spread so widely that their median is not known to half that margin (1.25 sigma / sqrt(rounds), sigma from "
-    "the IQR), is marked noisy, not judged.",
+    "the IQR) (unless the value lies more than two such uncertainties from the target), is marked noisy, not judged.",
 ]
 
 

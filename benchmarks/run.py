@@ -73,8 +73,8 @@ def markdown(results: dict[str, Any]) -> str:
         "Each set also runs raw PyTorch a second time as a contender (A/A control, in the note): its "
         "distance from 1.000x is the noise of the machine and of process-to-process differences, and a row "
         "whose control is off by more than the margin it judges, or whose sets spread so widely that their "
-        "median is not known to half that margin (1.25 sigma / sqrt(sets), sigma from the IQR), is marked "
-        "noisy, not judged. On a "
+        "median is not known to half that margin (1.25 sigma / sqrt(sets), sigma from the IQR) (unless the value lies more than two such uncertainties from the target), is "
+        "marked noisy, not judged. On a "
         "shared 2-core machine that noise is often wider than 1%, so the MLP is also measured inside one "
         "process, plait's loop and two raw ones taking turns step by step in a drawn order, each on its own "
         "identical copy of the model and data (the second raw copy is that row's A/A control), and derived "
@@ -91,14 +91,15 @@ def markdown(results: dict[str, Any]) -> str:
         "save; throughput = bytes in the checkpoint directory / seconds of the call, median over trials "
         "(contenders interleaved, rotating), ratio = ratio of medians; the save is also shown as the fastest "
         "of the trials, since on a shared VM the noise of a save (page-cache allocation, other tenants' I/O) "
-        "is several times the difference measured; loads: warm right after save, cold "
-        "after `posix_fadvise(DONTNEED)` of every file. Raw loads include `load_state_dict` as the "
-        "accelerators do. The load target is judged on loads taking turns inside plait's worker (raw's "
-        "files and plait's checkpoint of the same state, raw twice as the A/A control, every order in "
-        "turn): plait's includes every check (manifest, each file's XXH3 checksum, each state against its "
-        "target). plait hashes each file from a copy-on-write mapping and loads the tensors from that "
-        "mapping; the optimizer's state tensors stay views of it, so the first `optimizer.step()` after "
-        "the load copies the pages it writes, where raw's `torch.load` copies them during the load.",
+        "is several times the difference measured. Loads are resumes: each in a fresh worker that builds the "
+        "model and its AdamW state and loads its contender's checkpoint once, warm (files in the page cache) "
+        "or cold (after `posix_fadvise(DONTNEED)` of every file); raw loads raw's files a second time per "
+        "trial as the A/A control; ratios are medians of each trial's paired ratio. Raw loads are "
+        "`load_file` + `load_state_dict` and `torch.load(weights_only=True)` + `load_state_dict`; plait's "
+        "include every check (the manifest, each file's XXH3 checksum, each state against its target). plait "
+        "hashes each file from a copy-on-write mapping and loads its tensors from that mapping: the "
+        "optimizer's state tensors stay views of it, so the first `optimizer.step()` after the load copies "
+        "the pages it writes, where raw's `torch.load` allocates and fills them during the load.",
     ]
     startup = results["benchmarks"].get("startup")
     heavy = heaviest_imports_over_target(startup) if startup else None

@@ -72,7 +72,7 @@ METHOD = [
     "partition) and optimizer state (AdamW's moments), each storage once; and peak RSS (`ru_maxrss`).",
     "A row whose A/A control is off by more than its margin (the target's distance from 1.000x; 0 for the state "
     "bytes, which are deterministic), or whose rounds spread so widely that their median is not known to half that "
-    "margin, is marked noisy, not judged.",
+    "margin (unless the value lies more than two such uncertainties from the target), is marked noisy, not judged.",
 ]
 
 

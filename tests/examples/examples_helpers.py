@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-BY_FEATURE = REPO / "examples" / "by_feature"
+EXAMPLES = REPO / "examples"
+BY_FEATURE = EXAMPLES / "by_feature"
 PLAIT = str(Path(sys.executable).with_name("plait"))
 
 
@@ -49,16 +50,18 @@ class Started:
 
 
 def start(script: str, args: Sequence[str], cwd: Path, processes: int = 1, launch: Sequence[str] = (),
-          python: Sequence[str] | None = None, result: bool = True) -> Started:
-    """Start ``examples/by_feature/<script> args`` in ``cwd`` (created): ``python script`` on one process,
+          python: Sequence[str] | None = None, result: bool = True, folder: Path = BY_FEATURE,
+          result_flag: str = "--result_file") -> Started:
+    """Start ``<folder>/<script> args`` (``folder``: examples/by_feature unless given; the scripts of examples/
+    take ``result_flag="--result-file"``) in ``cwd`` (created): ``python script`` on one process,
     ``plait launch --num_processes N --cpu [launch...] script`` on more. ``python`` replaces ``python script``
     (a ``-c`` wrapper; it runs with examples/by_feature on ``PYTHONPATH``, where ``python script`` has it on
     ``sys.path``: the scripts import their shared ``synthetic_pairs`` and ``synthetic_text`` from it). With
     ``result``, ``--result_file cwd/result.json`` is added. Output goes to ``cwd/output.log``."""
     cwd.mkdir(parents=True, exist_ok=True)
-    path = str(BY_FEATURE / script)
+    path = str(folder / script)
     result_file = cwd / "result.json" if result else None
-    extra = ["--result_file", str(result_file)] if result_file is not None else []
+    extra = [result_flag, str(result_file)] if result_file is not None else []
     if processes == 1 and not launch:
         command = [sys.executable, *(python if python is not None else [path]), *args, *extra]
     else:

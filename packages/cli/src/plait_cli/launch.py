@@ -32,7 +32,7 @@ from plait_cli.launch_flags import (
     spell_both_ways,
 )
 from plait_cli.preemption import DEFAULT_GRACE, GRACE_VARIABLE, grace_seconds
-from plait_cli.torchrun import torchrun_args
+from plait_cli.torchrun import torchrun_args, worker_threads
 
 #: Flags that set top-level config keys, by parameter name.
 CONFIG_FLAGS = (
@@ -259,8 +259,10 @@ def make_plan(request: LaunchRequest, pm: pluggy.PluginManager, environ: Mapping
     env = config.to_environ()
     if request.gpu_ids and request.gpu_ids != "all":
         env["CUDA_VISIBLE_DEVICES"] = request.gpu_ids
-    if request.cpu_threads is not None:
-        env["OMP_NUM_THREADS"] = str(request.cpu_threads)
+    threads = request.cpu_threads if request.cpu_threads is not None else worker_threads(
+        num_processes // config.num_machines, environ, on_cpu=_local_gpus(config) == 0)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     try:
         grace = grace_seconds(environ)
     except ValueError as exc:

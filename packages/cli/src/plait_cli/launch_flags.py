@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from plait.plugins.install_commands import install_hint
+
 NOTHING_STARTED = "; nothing was started"
 
 #: The torch rendezvous backend each ``--rdzv-backend`` runs: torch's own, each restart with a new store for its
@@ -24,7 +26,8 @@ MACHINE_RANK_KEY = "machine_rank"
 #: HF Accelerate's paradigm flags, by parameter name, and the backend each selects.
 PARADIGMS = {"multi_gpu": "ddp", "use_fsdp": "fsdp", "use_deepspeed": "zero"}
 
-_TPU = "plait's launcher does not start TPU jobs; for XLA devices select the xla backend: --backend xla (pip install plait[xla])"
+_TPU = ("plait's launcher does not start TPU jobs; for XLA devices select the xla backend: --backend xla, "
+        f"installed by {install_hint('xla')}")
 _FP8 = "plait has no FP8 training (Transformer Engine, MS-AMP, torchao): use --mixed_precision bf16"
 _MEGATRON = "plait has no Megatron-LM backend: shard the model with --use_fsdp or --use_deepspeed"
 _PARALLELISM = ("plait has no N-D parallelism (tensor, context, sequence parallel): --use_fsdp shards the model "
@@ -83,9 +86,11 @@ def core_params() -> list[click.Parameter]:
         click.Option(["--monitor-interval"], type=click.FloatRange(min=0, min_open=True), default=0.1,
                      show_default=True, help="Seconds between checks of the workers' state."),
         # fp8 is accepted here so that the config's check refuses it with what to use instead.
-        click.Option(["--mixed-precision"], type=click.Choice(["no", "fp16", "bf16", "fp8"]), default=None),
+        click.Option(["--mixed-precision"], type=click.Choice(["no", "fp16", "bf16", "fp8"]), default=None,
+                     help="Autocast precision of every worker (fp8 is refused: plait has no FP8 training)."),
         click.Option(["--backend"], default=None, help="The backend to run (single, ddp, or an installed plugin's)."),
-        click.Option(["--gradient-accumulation-steps"], type=int, default=None),
+        click.Option(["--gradient-accumulation-steps"], type=int, default=None,
+                     help="Micro-batches per optimizer step in accumulate()."),
         click.Option(["--config-file"], type=click.Path(dir_okay=False), default=None,
                      help="Config file (default: $XDG_CONFIG_HOME/plait/default_config.yaml, if present)."),
         click.Option(["--cpu"], is_flag=True, default=None, help="Run on CPU even if GPUs are present."),

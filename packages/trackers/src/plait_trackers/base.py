@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from plait import hookimpl
 from plait.errors import MissingLibrary
+from plait.plugins.install_commands import install_hint, pip_command
 from plait.tracking import GeneralTracker, caller_stacklevel
 from plait_trackers import values as V
 
@@ -27,8 +28,9 @@ if TYPE_CHECKING:
 
 def require_library(library: str, tracker: str, extra: str) -> None:
     """Raise :class:`plait.errors.MissingLibrary` (a :class:`ModuleNotFoundError`) naming
-    ``pip install plait[<extra>]`` when ``library`` is missing: ``plait plugins`` then lists the tracker
-    as needing it, and only a run that names the tracker in ``log_with`` gets the error.
+    ``pip install plait[<extra>]`` when ``library`` is missing (and, from a checkout, the command that works
+    there: :func:`plait.plugins.install_commands.install_hint`): ``plait plugins`` then lists the tracker
+    as needing the index's command, and only a run that names the tracker in ``log_with`` gets the error.
 
     Only looks the module up (``importlib.util.find_spec``): nothing is imported.
     """
@@ -38,9 +40,9 @@ def require_library(library: str, tracker: str, extra: str) -> None:
         found = False
     if not found:
         raise MissingLibrary(
-            f"the {tracker} tracker needs the {library!r} library, which is not installed: pip install plait[{extra}]",
+            f"the {tracker} tracker needs the {library!r} library, which is not installed: {install_hint(extra)}",
             library=library,
-            install=f"pip install plait[{extra}]",
+            install=pip_command(extra),
         )
 
 
@@ -100,7 +102,7 @@ class PluginTracker(GeneralTracker):
         try:
             return [(f"{self.name} tracker ({self.library})", metadata.version(self.library))]
         except metadata.PackageNotFoundError:
-            return [(f"{self.name} tracker ({self.library})", f"not installed: pip install plait[{self.extra}]")]
+            return [(f"{self.name} tracker ({self.library})", f"not installed: {install_hint(self.extra)}")]
 
     @hookimpl
     def plait_tracker_get(self, name: str, unwrap: bool) -> Any:

@@ -106,6 +106,40 @@ def plait_shutdown(accelerator: Accelerator) -> Generator[None, Any, Any]:
 
 
 # --------------------------------------------------------------------------- wrapping
+#: Whether this process has already asked if DeepSpeed must compile its CPU op.
+_CPU_OP_CHECKED = False
+
+
+def _announce_cpu_op_build(accelerator: Accelerator) -> None:
+    """Say once, on each machine's main process, that DeepSpeed is about to compile its CPU op, instead of a silent
+    minute or more: on CPU its communication layer builds the shared-memory collectives (``deepspeed_shm_comm``)
+    with the system C++ compiler the first time, into torch's extensions cache (``TORCH_EXTENSIONS_DIR``, else
+    ``~/.cache/torch_extensions``), and loads them from there afterwards. Nothing is said when DeepSpeed was
+    installed with the op built in, when the cache already has it, or off the CPU."""
+    global _CPU_OP_CHECKED
+    if _CPU_OP_CHECKED or accelerator.device.type != "cpu":
+        return
+    _CPU_OP_CHECKED = True
+    import os
+    import sys
+
+    from plait_zero.engine import import_deepspeed
+
+    deepspeed = import_deepspeed("cpu")
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.git_version_info import installed_ops
+    from torch.utils.cpp_extension import _get_build_directory  # the folder torch's load() builds into and reads
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME) or installed_ops.get(builder.NAME):
+        return  # DeepSpeed falls back to torch's collectives, or has the op already
+    folder = _get_build_directory(builder.name, verbose=False)
+    if os.path.isfile(os.path.join(folder, f"{builder.name}.so")) or not accelerator.is_local_main_process:
+        return
+    print(f"plait zero: DeepSpeed is compiling its CPU op {builder.name} with the C++ compiler, once; it can take "
+          f"minutes (cached in {folder})", file=sys.stderr, flush=True)
+
+
 @hookimpl
 def plait_init_module(accelerator: Accelerator, empty_init: bool | None) -> AbstractContextManager[Any] | None:
     options: ZeroOptions = accelerator.backend_options.active
@@ -113,6 +147,7 @@ def plait_init_module(accelerator: Accelerator, empty_init: bool | None) -> Abst
         return None  # core's default: built on the device
     from plait_zero.engine import partitioned_init
 
+    _announce_cpu_op_build(accelerator)
     return partitioned_init(accelerator)
 
 
@@ -126,6 +161,8 @@ def plait_prepare_jointly(
 ) -> PreparedObjects | None:
     from plait_zero.pairing import prepare_jointly
 
+    if models:  # DeepSpeed's engines start its communication layer
+        _announce_cpu_op_build(accelerator)
     return prepare_jointly(accelerator, models, optimizers, schedulers, dataloaders)
 
 
@@ -304,5 +341,7 @@ def plait_env_report() -> list[tuple[str, str]]:
     try:
         version = metadata.version("deepspeed")
     except metadata.PackageNotFoundError:
-        version = "not installed (pip install plait[zero])"
+        from plait.plugins.install_commands import install_hint
+
+        version = f"not installed ({install_hint(NAME)})"
     return [("deepspeed", version)]

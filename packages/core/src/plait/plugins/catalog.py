@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from plait.errors import ConfigError, closest
 from plait.plugins import discovery
 from plait.plugins.discovery import BACKENDS_GROUP, TRACKERS_GROUP
+from plait.plugins.install_commands import checkout_command, checkout_root, from_checkout, pip_command
 
 if TYPE_CHECKING:
     from plait.config import Config
@@ -64,10 +65,30 @@ def accelerate_types() -> tuple[str, ...]:
     return tuple(t for p in FIRST_PARTY for t in p.accelerate_types)
 
 
+def _extra(group: str, name: str) -> str | None:
+    return next((p.extra for p in FIRST_PARTY if p.group == group and p.name == name), None)
+
+
+def _pip_hint(group: str, name: str) -> str:
+    """``pip install plait[<extra>]`` for a first-party plugin, what to install otherwise."""
+    extra = _extra(group, name)
+    return pip_command(extra) if extra else f"install the package that provides {group} entry point {name!r}"
+
+
+def _checkout_hints(group: str, names: Sequence[str]) -> str:
+    """``"; from the checkout <root>: pip install -c constraints.txt -e packages/fsdp"`` for those of ``names``
+    whose folder this checkout has (``""`` outside a checkout): the tail of a message whose hints are the index's."""
+    extras = [extra for extra in (_extra(group, n) for n in names) if extra]
+    commands = [command for command in map(checkout_command, extras) if command is not None]
+    return f"; from the checkout {checkout_root()}: {'; '.join(commands)}" if commands else ""
+
+
 def install_hint(group: str, name: str) -> str:
-    """The command that installs plugin ``name`` of ``group``, when a first-party extra has it."""
-    extra = next((p.extra for p in FIRST_PARTY if p.group == group and p.name == name), None)
-    return f"pip install plait[{extra}]" if extra else f"install the package that provides {group} entry point {name!r}"
+    """The command that installs plugin ``name`` of ``group``, when a first-party extra has it: ``pip install
+    plait[<extra>]``, and from a checkout also the command that works there
+    (:mod:`plait.plugins.install_commands`)."""
+    extra = _extra(group, name)
+    return _pip_hint(group, name) + (from_checkout(extra) if extra else "")
 
 
 def selection_error(group: str, name: str, disabled: Sequence[str] = ()) -> str | None:
@@ -81,12 +102,17 @@ def selection_error(group: str, name: str, disabled: Sequence[str] = ()) -> str 
         return None
     known = sorted(set(first_party(group)) | set(installed))
     if name not in known:
-        others = ", ".join(f"{n} ({install_hint(group, n)})" for n in known if n not in installed)
+        missing = [n for n in known if n not in installed]
+        others = ", ".join(f"{n} ({_pip_hint(group, n)})" for n in missing)
         return (
             f"unknown {kind} {name!r}{closest(name, known)}: installed {kind}s are "
             f"{', '.join(installed) or 'none'}" + (f"; others available: {others}" if others else "")
+            + _checkout_hints(group, missing)
         )
-    return f"{kind} {name!r} is not installed: {install_hint(group, name)} (installed {kind}s: {', '.join(installed) or 'none'})"
+    return (
+        f"{kind} {name!r} is not installed: {_pip_hint(group, name)} (installed {kind}s: {', '.join(installed) or 'none'})"
+        + _checkout_hints(group, [name])
+    )
 
 
 def choose_backend(config: Config, num_processes: int, processes_source: str, processes_rank: int) -> str:
@@ -110,7 +136,8 @@ def choose_backend(config: Config, num_processes: int, processes_source: str, pr
             return MULTI_PROCESS_BACKEND
         raise ConfigError(
             f"backend 'single' ({config.source_of('backend')}) runs one process, but {processes_source} asks for "
-            f"{num_processes}: use backend {MULTI_PROCESS_BACKEND!r} ({install_hint(BACKENDS_GROUP, MULTI_PROCESS_BACKEND)}) "
+            f"{num_processes}: use backend {MULTI_PROCESS_BACKEND!r} ({_pip_hint(BACKENDS_GROUP, MULTI_PROCESS_BACKEND)}) "
             f"or another multi-process backend, or run one process"
+            + _checkout_hints(BACKENDS_GROUP, [MULTI_PROCESS_BACKEND])
         )
     return backend
