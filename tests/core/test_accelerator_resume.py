@@ -108,3 +108,29 @@ def test_resume_needs_automatic_checkpoint_naming():
     accelerator = Accelerator()
     with pytest.raises(ValueError, match="automatic_checkpoint_naming=True"):
         accelerator.resume()
+
+
+@pytest.mark.parametrize(("micro_steps", "synchronised"), [(3, False), (4, True)])
+def test_load_state_restores_whether_the_last_micro_step_synchronised(tmp_path, micro_steps, synchronised):
+    """A checkpoint saved between micro-steps resumes mid-accumulation: until the next ``accumulate()``,
+    ``sync_gradients`` reads as it did after the saved run's last micro-step (what a backend that cuts its
+    graph on it, xla, needs to replay the same steps), not as a fresh run's True."""
+    accelerator = Accelerator(gradient_accumulation_steps=2)
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    for _ in range(micro_steps):
+        with accelerator.accumulate(model):
+            accelerator.backward(model(torch.ones(1, 2)).sum())
+            optimizer.step()
+            optimizer.zero_grad()
+    assert accelerator.sync_gradients is synchronised
+    accelerator.save_state(tmp_path / "ckpt")
+
+    fresh = Accelerator(gradient_accumulation_steps=2)
+    model2 = nn.Linear(2, 1)
+    model2, _ = fresh.prepare(model2, torch.optim.SGD(model2.parameters(), lr=0.1))
+    assert fresh.sync_gradients is True
+    fresh.load_state(tmp_path / "ckpt")
+    assert fresh.sync_gradients is synchronised
+    assert fresh.gradient_state.step == micro_steps

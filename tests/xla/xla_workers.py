@@ -149,13 +149,14 @@ def single(out: str) -> None:
 
 
 def checkpoint(out: str, directory: str, resume: bool, accumulation: int) -> None:
-    """Train 12 batches with momentum (the optimizer has state), saving after batch 5 mid-epoch (with
-    accumulation of 2, between two micro-steps: the gradients so far are saved too); ``resume`` starts a
-    fresh process from that checkpoint and trains the rest."""
+    """Train 12 batches of a model with dropout (XLA's generator) and momentum (the optimizer has state),
+    saving after batch 5 mid-epoch (with accumulation of 2, between two micro-steps: the gradients so far are
+    saved too); ``resume`` starts a fresh process from that checkpoint and trains the rest."""
     import plait
 
     accelerator = plait.Accelerator(backend="xla", gradient_accumulation_steps=accumulation)
-    model = mlp()
+    torch.manual_seed(0)  # dropout draws from XLA's generator: a resume must restore it too
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Dropout(0.5), torch.nn.Linear(16, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
     loader = DataLoader(dataset(96), batch_size=8, shuffle=True)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)

@@ -1,8 +1,10 @@
-"""Seeding and capturing every random number generator (python, numpy, torch, cuda, mps)."""
+"""Seeding and capturing every random number generator (python, numpy, torch, cuda, mps, and XLA's where
+torch_xla is loaded)."""
 
 from __future__ import annotations
 
 import random as _random
+import sys
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,17 @@ def check_rng_types(rng_types: Any) -> list[str]:
     return types
 
 
+def _xla_model() -> Any:
+    """``torch_xla.core.xla_model`` when torch_xla is loaded (by the xla backend), else ``None``: its generator
+    (dropout on an XLA device) is seeded, saved and restored with the others, and torch_xla is never imported
+    here for it."""
+    if "torch_xla" not in sys.modules:
+        return None
+    import torch_xla.core.xla_model as xm
+
+    return xm
+
+
 def set_seed(seed: int, device_specific: bool = False, deterministic: bool = False) -> None:
     """Seed python, numpy and torch (every device) with ``seed``.
 
@@ -33,6 +46,9 @@ def set_seed(seed: int, device_specific: bool = False, deterministic: bool = Fal
     _random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # seeds cuda and mps as well
+    xm = _xla_model()
+    if xm is not None:
+        xm.set_rng_state(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True)
 
@@ -56,6 +72,9 @@ def get_rng_states() -> dict[str, Any]:
         states["cuda"] = torch.cuda.get_rng_state_all()
     if torch.backends.mps.is_available():
         states["mps"] = torch.mps.get_rng_state()
+    xm = _xla_model()
+    if xm is not None:
+        states["xla"] = int(xm.get_rng_state())
     return states
 
 
@@ -78,3 +97,6 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
     if "mps" in states and torch.backends.mps.is_available():
         torch.mps.set_rng_state(states["mps"])
+    xm = _xla_model()
+    if "xla" in states and xm is not None:
+        xm.set_rng_state(int(states["xla"]))

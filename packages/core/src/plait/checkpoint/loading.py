@@ -203,7 +203,11 @@ def apply_states(accelerator: Accelerator, checkpoint: CheckpointReader, states:
         obj.load_state_dict(state)
     if states.scaler is not None:
         accelerator.precision.load_state_dict(states.scaler)
-    accelerator.gradient_state.step = states.step
+    gradient_state = accelerator.gradient_state
+    gradient_state.step = states.step
+    # As after the saved run's last micro-step (a checkpoint saved between micro-steps resumes mid-accumulation):
+    # what reads it before the next accumulate() (the xla backend's graph cut before a batch) sees the same.
+    gradient_state.sync_gradients = states.step % gradient_state.num_steps == 0
     if accelerator.project_configuration.automatic_checkpoint_naming:
         accelerator.project_configuration.iteration = states.iteration + 1
     if states.rng is not None:
