@@ -210,6 +210,9 @@ def test_a_backend_that_is_not_installed_is_named_with_its_pip_install(launch, m
     assert code == 2 and "pip install plait[zero]" in message
     code, message, _ = launch("--use_fsdp", "--fsdp_sharding_strategy", "SHARD_GRAD_OP", cli_state=without)
     assert code == 2 and "--fsdp_sharding_strategy needs the fsdp backend" in message and "pip install plait[fsdp]" in message
+    if "xla" not in installed(discovery.BACKENDS_GROUP):  # plait-xla lives in the xla session's torch 2.9 venv
+        code, message, _ = launch("--xla-spmd", cli_state=without)
+        assert code == 2 and "--xla-spmd needs the xla backend" in message and "pip install plait[xla]" in message
 
 
 def test_help_lists_plaits_spellings_and_says_accelerates_work(state):

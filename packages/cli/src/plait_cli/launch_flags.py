@@ -58,10 +58,11 @@ UNSUPPORTED = {
     **dict.fromkeys(("aws_access_key_id", "aws_secret_access_key"), _SAGEMAKER),
 }
 _UNSUPPORTED_PREFIXES = (("megatron_lm_", _MEGATRON), ("fp8_", _FP8), ("parallelism_config_", _PARALLELISM))
-#: HF Accelerate's flags of a first-party backend (prefixes of its spelling), to name what to install when it is not.
+#: The flags of a first-party backend (prefixes of their underscore spelling: HF Accelerate's, and plait-xla's
+#: ``--xla-spmd``/``--xla-fsdp``), to name what to install when it is not.
 _BACKEND_FLAGS = (
     ("fsdp_", "fsdp"), ("ddp_", "ddp"), ("zero_", "zero"), ("zero3_", "zero"), ("offload_", "zero"),
-    ("deepspeed_config_file", "zero"), ("gradient_clipping", "zero"),
+    ("deepspeed_config_file", "zero"), ("gradient_clipping", "zero"), ("xla_", "xla"),
 )
 
 
