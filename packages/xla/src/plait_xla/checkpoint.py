@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from plait.checkpoint.default_state import gradients_file, model_file, write_optimizer_state
-from plait.checkpoint.tensor_files import state_dict_to_safetensors
+from plait.checkpoint import default_state
+from plait.checkpoint.default_state import write_optimizer_state
 
 if TYPE_CHECKING:
     from plait.accelerator import Accelerator
@@ -42,17 +42,9 @@ def state_dict(accelerator: Accelerator, model: torch.nn.Module, unwrap: bool) -
 
 
 def save_model(accelerator: Accelerator, model: torch.nn.Module, writer: CheckpointWriter, index: int) -> None:
-    """Core's files: the weights from the main process; mid-accumulation each process's gradients too."""
-    state = accelerator.get_state_dict(model)
-    if accelerator.is_main_process:
-        tensors, metadata = state_dict_to_safetensors(state)
-        writer.save_safetensors(model_file(index), tensors, metadata)
-    if not accelerator.sync_gradients:
-        inner = accelerator.unwrap_model(model)
-        grads = to_cpu({n: p.grad for n, p in inner.named_parameters() if p.grad is not None})
-        if grads:
-            writer.save_safetensors(gradients_file(index, accelerator.process_index),
-                                    {n: g.contiguous() for n, g in grads.items()})
+    """Core's files (the weights come back as CPU tensors from ``get_state_dict``), the gradients saved
+    mid-accumulation copied to the host."""
+    default_state.save_model(accelerator, model, writer, index, to_host=to_cpu)
 
 
 def save_optimizer(accelerator: Accelerator, optimizer: Any, writer: CheckpointWriter, index: int) -> None:

@@ -5,6 +5,7 @@ shard state uses); the checks that refuse, before anything is loaded, a state th
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -116,8 +117,10 @@ def core_checks(accelerator: Accelerator, kind: str) -> bool:
     return plugins(f"plait_load_{kind}") <= plugins(f"plait_check_{kind}")
 
 
-def save_model(accelerator: Accelerator, model: torch.nn.Module, writer: CheckpointWriter, index: int) -> None:
-    """The model's weights from the main process; mid-accumulation, each process's gradients too."""
+def save_model(accelerator: Accelerator, model: torch.nn.Module, writer: CheckpointWriter, index: int,
+               to_host: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> None:
+    """The model's weights from the main process; mid-accumulation, each process's gradients too, through
+    ``to_host`` first where they live on a device safetensors cannot read (XLA's)."""
     state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         tensors, metadata = state_dict_to_safetensors(state)
@@ -126,7 +129,8 @@ def save_model(accelerator: Accelerator, model: torch.nn.Module, writer: Checkpo
         # Saved mid-accumulation: the gradients summed so far are part of the exact state, and until
         # they synchronise they differ between processes, so each process saves its own.
         inner = accelerator.unwrap_model(model)
-        grads = {n: p.grad.detach().contiguous() for n, p in inner.named_parameters() if p.grad is not None}
+        grads = {n: p.grad.detach() for n, p in inner.named_parameters() if p.grad is not None}
+        grads = {n: g.contiguous() for n, g in (to_host(grads) if to_host else grads).items()}
         if grads:
             writer.save_safetensors(gradients_file(index, accelerator.process_index), grads)
 

@@ -130,7 +130,7 @@ class CheckpointReader:
         """The shape of every tensor of listed safetensors file ``name`` (tied names included), read from
         its header only: no tensor is read."""
         path = self.path(name)
-        header = self._safetensors_header(path)
+        header = self._safetensors_header(name, path)
         shapes: dict[str, tuple[int, ...]] = {}
         try:
             for key, entry in header.items():
@@ -147,11 +147,11 @@ class CheckpointReader:
             ) from None
         return shapes
 
-    def _safetensors_header(self, path: Path) -> dict[str, Any]:
-        from plait.checkpoint.tensor_files import safetensors_header
+    def _safetensors_header(self, name: str, path: Path) -> dict[str, Any]:
+        from plait.checkpoint.tensor_files import mapped_header, safetensors_header
 
-        mapping = self._mappings.get(path.relative_to(self.directory).as_posix())
+        mapping = self._mappings.get(name)
         if mapping is not None:
-            return safetensors_header(mapping[:8], lambda size: mapping[8:8 + size], path)[0]
+            return mapped_header(mapping, path)[0]
         with open(path, "rb") as f:
             return safetensors_header(f.read(8), f.read, path)[0]

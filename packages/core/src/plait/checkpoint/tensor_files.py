@@ -182,12 +182,17 @@ def safetensors_header(start: bytes, read: Any, source: Path) -> tuple[dict[str,
     return header, 8 + size
 
 
+def mapped_header(buffer: mmap.mmap, source: Path) -> tuple[dict[str, Any], int]:
+    """:func:`safetensors_header` of a file mapped in memory."""
+    return safetensors_header(buffer[:8], lambda size: buffer[8:8 + size], source)
+
+
 def safetensors_from_buffer(buffer: mmap.mmap, source: Path) -> dict[str, torch.Tensor]:
     """A safetensors file mapped in memory as a state dict whose tensors are views of the mapping (no copy:
     the mapping is copy-on-write, so writing a tensor never writes the file). Tied tensors are restored;
     a header that does not describe the bytes is a :class:`~plait.errors.CheckpointError` naming ``source``.
     A dtype this parser does not know is read by safetensors itself."""
-    header, base = safetensors_header(buffer[:8], lambda size: buffer[8:8 + size], source)
+    header, base = mapped_header(buffer, source)
     state: dict[str, torch.Tensor] = {}
     for key, entry in header.items():
         if key == "__metadata__":
